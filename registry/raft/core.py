@@ -1,0 +1,583 @@
+"""The Raft protocol itself: one node's state and the rules of the paper, with no I/O.
+
+Inputs are `tick()`, `step(message)` and the leader-only requests; outputs accumulate in
+`_outbox`, `read_states` and the log, and RawNode hands them out as a Ready. Only the
+`become_*` methods assign `role`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import LocalError, NoLeader, NotLeader, ProposalDropped, RemoteError
+from .log import RaftLog
+from .messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    ReadIndex,
+    ReadIndexResponse,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from .progress import Progress, ProgressState
+from .quorum import VoteResult, committed_index, has_quorum, vote_result
+from .types import (
+    NO_NODE,
+    Entry,
+    EntryKind,
+    HardState,
+    Index,
+    InitialState,
+    Membership,
+    NodeId,
+    ReadState,
+    Role,
+    SoftState,
+    Term,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Static settings of one node. Time is counted in ticks; the caller decides what a tick is."""
+
+    node_id: NodeId
+    rng: random.Random  # the only source of randomness; the simulator passes Random(seed)
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_inflight_msgs: int = 64  # AppendEntries in flight per follower in REPLICATE state
+    max_msg_bytes: int = 1 << 20  # entry bytes per AppendEntries (always at least one entry)
+    applied: Index = Index(0)  # the state machine's applied index when the node starts
+
+    def __post_init__(self) -> None:
+        if self.node_id <= 0:
+            raise ValueError(f"node_id must be a positive integer, got {self.node_id}")
+        if self.heartbeat_ticks < 1:
+            raise ValueError(f"heartbeat_ticks must be >= 1, got {self.heartbeat_ticks}")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError(f"election_ticks ({self.election_ticks}) must exceed heartbeat_ticks "
+                             f"({self.heartbeat_ticks})")
+        if self.max_inflight_msgs < 1:
+            raise ValueError(f"max_inflight_msgs must be >= 1, got {self.max_inflight_msgs}")
+        if self.max_msg_bytes < 1:
+            raise ValueError(f"max_msg_bytes must be >= 1, got {self.max_msg_bytes}")
+        if self.applied < 0:
+            raise ValueError(f"applied must be >= 0, got {self.applied}")
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingRead:
+    index: Index  # the commit index when the read arrived
+    context: bytes
+    origin: NodeId  # who asked: this node, or a follower to answer with ReadIndexResponse
+    seq: int  # the heartbeat round that must be confirmed by a quorum
+
+
+class Raft:
+    """One node's Raft state.
+
+    Invariant: role is LEADER exactly when leader_id == node_id.
+    Invariant: progress is non-empty only on the leader and holds every member, itself included.
+    Invariant: log.commit_index never decreases; term never decreases; voted_for changes only
+    with the term or from NO_NODE.
+    """
+
+    def __init__(self, config: Config, state: InitialState) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.membership: Membership = state.snapshot.membership
+        hs = state.hard_state
+        self.log = RaftLog(state.snapshot, state.entries, hs.commit, config.applied)
+        self.term: Term = hs.term
+        self.voted_for: NodeId = hs.voted_for
+        self.leader_id: NodeId = NO_NODE
+        self.role = Role.FOLLOWER
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_ticks = config.election_ticks
+        self.votes: dict[NodeId, bool] = {}
+        self.progress: dict[NodeId, Progress] = {}
+        self.lead_transferee: NodeId = NO_NODE
+        self.read_states: list[ReadState] = []
+        self._outbox: list[Message] = []
+        self._read_seq = 0  # last read-index round sent (leader)
+        self._pending_reads: list[_PendingRead] = []  # waiting for a quorum to confirm their round
+        self._reads_awaiting_commit: list[tuple[bytes, NodeId]] = []  # before the leader commits in its term
+        self._needs_broadcast = False  # new proposals not yet sent (batched until ready())
+        self._needs_read_round = False
+        self._step_role: Callable[[Message], None] = self._step_follower
+        self._tick_role: Callable[[], None] = self.tick_election
+        self.become_follower(self.term, NO_NODE)
+
+    # -- public surface (RawNode wraps these) ----------------------------------------------------
+
+    def tick(self) -> None:
+        self._tick_role()
+
+    def step(self, m: Message) -> None:
+        self._validate(m)
+        if m.term > self.term:
+            if isinstance(m, RequestVote):
+                if self._in_lease() and not m.transfer:
+                    # Dissertation §4.2.3: a node that heard from a leader within the minimum
+                    # election timeout ignores votes, so a partitioned node cannot disrupt.
+                    return
+                if not m.pre_vote:
+                    self.become_follower(m.term, NO_NODE)
+            elif isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
+                pass  # a granted pre-vote carries the proposed term, not the voter's (§9.6)
+            else:
+                leader = m.source if isinstance(m, (AppendEntries, Heartbeat)) else NO_NODE
+                self.become_follower(m.term, leader)
+        elif m.term < self.term:
+            if isinstance(m, (AppendEntries, Heartbeat)) and (self.config.check_quorum or self.config.pre_vote):
+                # NB: a leader cut off long enough to be ignored by pre-vote must still learn our
+                # term, or it would never step down and we would never elect (etcd raft.go).
+                self.send(AppendEntriesResponse(self.node_id, m.source, self.term, False, Index(0)))
+            elif isinstance(m, RequestVote) and m.pre_vote:
+                self.send(RequestVoteResponse(self.node_id, m.source, self.term, False, pre_vote=True))
+            return
+        if isinstance(m, RequestVote):
+            self.handle_request_vote(m)
+        else:
+            self._step_role(m)
+
+    def propose(self, data: bytes) -> Index:
+        """Append a command to the leader's log; returns its index. Sent at the next ready()."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self.lead_transferee != NO_NODE:
+            raise ProposalDropped(f"leadership is being transferred to node {self.lead_transferee}")
+        index = Index(self.log.last_index + 1)
+        self.log.append((Entry(self.term, index, EntryKind.NORMAL, data),))
+        self._needs_broadcast = True
+        return index
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a read index; the answer is a ReadState carrying `context` (Raft §6.4)."""
+        if self.role is Role.LEADER:
+            self._register_read(context, self.node_id)
+        elif self.leader_id == NO_NODE:
+            raise NoLeader("no leader is known to confirm a read index; retry after an election")
+        else:
+            self.send(ReadIndex(self.node_id, self.leader_id, self.term, context))
+
+    def transfer_leadership(self, to: NodeId) -> None:
+        """Hand leadership to voter `to` once it holds our whole log (dissertation §3.10)."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if to not in self.membership.voters:
+            raise LocalError(f"node {to} is not a voter; voters are {sorted(self.membership.voters)}")
+        if to == self.node_id or to == self.lead_transferee:
+            return
+        self.lead_transferee = to
+        self.election_elapsed = 0  # the transfer must finish within one election timeout
+        if self.progress[to].match_index == self.log.last_index:
+            self.send(TimeoutNow(self.node_id, to, self.term))
+        else:
+            self.send_append(to, allow_empty=True)
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.voted_for, self.log.commit_index)
+
+    def soft_state(self) -> SoftState:
+        return SoftState(self.leader_id, self.role)
+
+    def flush(self) -> None:
+        """Send what was batched since the last Ready: new entries, one read-index round."""
+        if self.role is not Role.LEADER:
+            return
+        if self._needs_broadcast:
+            self._needs_broadcast = False
+            for peer in self._peers():
+                self.send_append(peer, allow_empty=False)
+        if self._needs_read_round:
+            self._needs_read_round = False
+            self._read_seq += 1
+            self.broadcast_heartbeat()
+
+    def has_pending_flush(self) -> bool:
+        return self.role is Role.LEADER and (self._needs_broadcast or self._needs_read_round)
+
+    def take_messages(self) -> list[Message]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def take_read_states(self) -> list[ReadState]:
+        out, self.read_states = self.read_states, []
+        return out
+
+    def on_persisted(self, index: Index, term: Term) -> None:
+        """The caller made the log durable up to (index, term): the leader counts its own copy."""
+        self.log.persisted_to(index, term)
+        if self.role is Role.LEADER:
+            self.progress[self.node_id].maybe_update(self.log.persisted_index)
+            if self.maybe_commit():
+                self._on_commit_advanced()
+
+    # -- role changes -----------------------------------------------------------------------------
+
+    def become_follower(self, term: Term, leader: NodeId) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader_id = leader
+        self._step_role, self._tick_role = self._step_follower, self.tick_election
+
+    def become_pre_candidate(self) -> None:
+        assert self.role is not Role.LEADER, "invalid transition leader -> pre-candidate"
+        # Dissertation §9.6: a pre-candidate changes neither its term nor its vote.
+        self._reset(self.term)
+        self.role = Role.PRE_CANDIDATE
+        self._step_role, self._tick_role = self._step_candidate, self.tick_election
+        self.votes = {self.node_id: True}
+
+    def become_candidate(self) -> None:
+        assert self.role is not Role.LEADER, "invalid transition leader -> candidate"
+        self._reset(Term(self.term + 1))
+        self.voted_for = self.node_id
+        self.role = Role.CANDIDATE
+        self._step_role, self._tick_role = self._step_candidate, self.tick_election
+        self.votes = {self.node_id: True}
+
+    def become_leader(self) -> None:
+        assert self.role is Role.CANDIDATE, f"invalid transition {self.role.value} -> leader"
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader_id = self.node_id
+        self._step_role, self._tick_role = self._step_leader, self.tick_heartbeat
+        next_index = self.log.last_index + 1
+        self.progress = {member: Progress(next_index, self.config.max_inflight_msgs)
+                         for member in self.membership.members | {self.node_id}}
+        mine = self.progress[self.node_id]
+        mine.maybe_update(self.log.persisted_index)
+        mine.become_replicate()
+        # Raft §8: a no-op entry of the new term lets the leader commit earlier terms' entries.
+        self.log.append((Entry(self.term, Index(next_index), EntryKind.NOOP),))
+        self._needs_broadcast = True
+
+    def _reset(self, term: Term) -> None:
+        if term != self.term:
+            assert term > self.term, f"term must not go backwards ({self.term} -> {term})"
+            self.term = term
+            self.voted_for = NO_NODE
+        self.leader_id = NO_NODE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        # Uniform in [election_ticks, 2 * election_ticks - 1], as etcd does (Raft §5.2).
+        self.randomized_election_ticks = self.config.election_ticks + self.config.rng.randrange(
+            self.config.election_ticks)
+        self.votes = {}
+        self.progress = {}
+        self.lead_transferee = NO_NODE
+        self._pending_reads = []
+        self._reads_awaiting_commit = []
+        self._needs_broadcast = False
+        self._needs_read_round = False
+
+    # -- ticks ------------------------------------------------------------------------------------
+
+    def tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self._promotable() and self.election_elapsed >= self.randomized_election_ticks:
+            self.campaign(transfer=False)
+
+    def tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self.election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_active():
+                # Dissertation §6.2: a leader that cannot reach a quorum steps down.
+                self.become_follower(self.term, NO_NODE)
+                return
+            self.lead_transferee = NO_NODE  # a transfer that took a whole timeout is abandoned
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self.broadcast_heartbeat()
+
+    def _quorum_active(self) -> bool:
+        active = {self.node_id}
+        for peer, pr in self.progress.items():
+            if pr.recent_active:
+                active.add(peer)
+            pr.recent_active = False
+        return has_quorum(active, self.membership.voters)
+
+    def _in_lease(self) -> bool:
+        return (self.config.check_quorum and self.leader_id != NO_NODE
+                and self.election_elapsed < self.config.election_ticks)
+
+    def _promotable(self) -> bool:
+        return self.node_id in self.membership.voters
+
+    # -- elections --------------------------------------------------------------------------------
+
+    def campaign(self, *, transfer: bool) -> None:
+        if self.config.pre_vote and not transfer:
+            self.become_pre_candidate()
+            vote_term, pre_vote = Term(self.term + 1), True
+        else:
+            self.become_candidate()
+            vote_term, pre_vote = self.term, False
+        if vote_result(self.votes, self.membership.voters) is VoteResult.WON:
+            self._won(pre_vote)
+            return
+        for voter in sorted(self.membership.voters - {self.node_id}):
+            self.send(RequestVote(self.node_id, voter, vote_term, self.log.last_index, self.log.last_term,
+                                  pre_vote=pre_vote, transfer=transfer))
+
+    def _won(self, pre_vote: bool) -> None:
+        if pre_vote:
+            self.campaign(transfer=True)  # the real election, with no second pre-vote round
+        else:
+            self.become_leader()
+
+    def handle_request_vote(self, m: RequestVote) -> None:
+        can_vote = (self.voted_for == m.source
+                    or (self.voted_for == NO_NODE and self.leader_id == NO_NODE)
+                    or (m.pre_vote and m.term > self.term))
+        if can_vote and self.vote_log_ok(m):
+            if m.pre_vote:
+                self.send(RequestVoteResponse(self.node_id, m.source, m.term, True, pre_vote=True))
+            else:
+                # Raft §5.2: at most one vote per term, persisted before this reply is sent.
+                self.voted_for = m.source
+                self.election_elapsed = 0
+                self.send(RequestVoteResponse(self.node_id, m.source, self.term, True))
+        else:
+            self.send(RequestVoteResponse(self.node_id, m.source, self.term, False, pre_vote=m.pre_vote))
+
+    def vote_log_ok(self, m: RequestVote) -> bool:
+        """Raft §5.4.1: grant only to a candidate whose log is at least as up to date as ours."""
+        return self.log.is_up_to_date(m.last_index, m.last_term)
+
+    # -- per-role message handling ----------------------------------------------------------------
+
+    def _step_follower(self, m: Message) -> None:
+        if isinstance(m, AppendEntries):
+            self.election_elapsed = 0
+            self.leader_id = m.source
+            self.handle_append_entries(m)
+        elif isinstance(m, Heartbeat):
+            self.election_elapsed = 0
+            self.leader_id = m.source
+            self.handle_heartbeat(m)
+        elif isinstance(m, TimeoutNow):
+            if self._promotable():
+                self.campaign(transfer=True)
+        elif isinstance(m, ReadIndexResponse):
+            self.read_states.append(ReadState(m.index, m.context))
+        # Anything else is a reply to a role we no longer hold, or a ReadIndex that reached a
+        # follower: dropped, and the asker retries.
+
+    def _step_candidate(self, m: Message) -> None:
+        if isinstance(m, (AppendEntries, Heartbeat)):
+            self.become_follower(m.term, m.source)  # a leader exists in this term (Raft §5.2)
+            self._step_follower(m)
+        elif isinstance(m, RequestVoteResponse):
+            if m.pre_vote != (self.role is Role.PRE_CANDIDATE):
+                return
+            self.votes[m.source] = m.granted
+            result = vote_result(self.votes, self.membership.voters)
+            if result is VoteResult.WON:
+                self._won(m.pre_vote)
+            elif result is VoteResult.LOST:
+                self.become_follower(self.term, NO_NODE)
+
+    def _step_leader(self, m: Message) -> None:
+        if isinstance(m, AppendEntriesResponse):
+            self.handle_append_entries_response(m)
+        elif isinstance(m, HeartbeatResponse):
+            self.handle_heartbeat_response(m)
+        elif isinstance(m, ReadIndex):
+            self._register_read(m.context, m.source)
+        elif isinstance(m, (AppendEntries, Heartbeat)):
+            raise AssertionError(f"two leaders in term {self.term}: {self.node_id} and {m.source}")
+
+    # -- replication: follower side ---------------------------------------------------------------
+
+    def handle_append_entries(self, m: AppendEntries) -> None:
+        log = self.log
+        if m.prev_index < log.commit_index:
+            # Everything up to our commit index matches the leader's log already.
+            self.send(AppendEntriesResponse(self.node_id, m.source, self.term, True, log.commit_index))
+            return
+        if log.term(m.prev_index) == m.prev_term:
+            log.merge(m.entries)
+            last_new = Index(m.prev_index + len(m.entries))
+            log.commit_to(min(m.leader_commit, last_new))
+            self.send(AppendEntriesResponse(self.node_id, m.source, self.term, True, last_new))
+            return
+        if m.prev_index > log.last_index:
+            conflict_term, conflict_index = Term(0), Index(log.last_index + 1)
+        else:
+            conflict_term = log.term(m.prev_index)
+            assert conflict_term is not None
+            conflict_index = log.first_index_of_term(m.prev_index)
+        self.send(AppendEntriesResponse(self.node_id, m.source, self.term, False, m.prev_index,
+                                        conflict_term, conflict_index))
+
+    def handle_heartbeat(self, m: Heartbeat) -> None:
+        self.log.commit_to(m.leader_commit)  # the leader caps it at what we are known to hold
+        self.send(HeartbeatResponse(self.node_id, m.source, self.term, m.read_seq))
+
+    # -- replication: leader side -----------------------------------------------------------------
+
+    def handle_append_entries_response(self, m: AppendEntriesResponse) -> None:
+        pr = self.progress.get(m.source)
+        if pr is None or m.source == self.node_id:
+            return
+        pr.recent_active = True
+        if not m.success:
+            if pr.maybe_decrease(m.index, self._hint_next(m)):
+                if pr.state is ProgressState.REPLICATE:
+                    pr.become_probe()
+                self.send_append(m.source, allow_empty=True)
+            return
+        if pr.maybe_update(m.index) or (pr.state is ProgressState.PROBE and pr.match_index == m.index):
+            if pr.state is ProgressState.PROBE:
+                pr.become_replicate()
+            if self.maybe_commit():
+                self._on_commit_advanced()
+            else:
+                self.send_append(m.source, allow_empty=False)
+            if m.source == self.lead_transferee and pr.match_index == self.log.last_index:
+                self.send(TimeoutNow(self.node_id, m.source, self.term))
+
+    def _hint_next(self, m: AppendEntriesResponse) -> int:
+        """Where to probe next from a rejection's hint: past our last entry of the follower's
+        conflicting term if we have that term, else the first index the follower holds of it."""
+        if m.conflict_term:
+            ours = self.log.last_index_of_term(m.conflict_term, m.index)
+            if ours is not None:
+                return ours + 1
+        return m.conflict_index
+
+    def handle_heartbeat_response(self, m: HeartbeatResponse) -> None:
+        pr = self.progress.get(m.source)
+        if pr is None or m.source == self.node_id:
+            return
+        pr.recent_active = True
+        pr.probe_sent = False
+        if pr.state is ProgressState.REPLICATE and pr.is_paused():
+            pr.inflight.popleft()  # NB: lets a stream whose acks were lost make progress (etcd)
+        if m.read_seq > pr.read_ack_seq:
+            pr.read_ack_seq = m.read_seq
+            self._release_confirmed_reads()
+        if pr.match_index < self.log.last_index:
+            self.send_append(m.source, allow_empty=True)
+
+    def maybe_commit(self) -> bool:
+        """Commit the highest index a quorum holds, if it is of the current term (Raft §5.4.2)."""
+        acked = {node: pr.match_index for node, pr in self.progress.items()}
+        index = committed_index(acked, self.membership.voters)
+        if index > self.log.commit_index and self.log.term(index) == self.term:
+            return self.log.commit_to(index)
+        return False
+
+    def _on_commit_advanced(self) -> None:
+        # Tell followers at once, piggybacked on entries where there are any to send.
+        for peer in self._peers():
+            if not self.send_append(peer, allow_empty=False):
+                self._send_heartbeat(peer)
+        if self._reads_awaiting_commit and self.log.term(self.log.commit_index) == self.term:
+            waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
+            for context, origin in waiting:
+                self._register_read(context, origin)
+
+    def send_append(self, to: NodeId, *, allow_empty: bool) -> bool:
+        """Send `to` what it lacks, as far as flow control allows; returns whether anything was sent.
+
+        In REPLICATE this pipelines several messages, each capped at max_msg_bytes of entries."""
+        pr = self.progress[to]
+        log = self.log
+        sent = False
+        while not pr.is_paused():
+            prev_index = pr.next_index - 1
+            prev_term = log.term(prev_index)
+            if prev_term is None:
+                # TODO(snapshots issue): send InstallSnapshot; until then the follower waits.
+                pr.become_snapshot()
+                return sent
+            last = log.last_index
+            entries = log.entries(pr.next_index, last + 1, self.config.max_msg_bytes) if pr.next_index <= last else []
+            if not entries and (sent or not allow_empty):
+                return sent
+            self.send(AppendEntries(self.node_id, to, self.term, Index(prev_index), prev_term, tuple(entries),
+                                    log.commit_index))
+            sent = True
+            if entries:
+                pr.sent_entries(entries[-1].index)
+            else:
+                pr.sent_probe()
+                return sent
+        return sent
+
+    def broadcast_heartbeat(self) -> None:
+        for peer in self._peers():
+            self._send_heartbeat(peer)
+
+    def _send_heartbeat(self, peer: NodeId) -> None:
+        commit = min(self.progress[peer].match_index, self.log.commit_index)
+        self.send(Heartbeat(self.node_id, peer, self.term, Index(commit), self._read_seq))
+
+    def _peers(self) -> list[NodeId]:
+        return [peer for peer in self.progress if peer != self.node_id]
+
+    # -- linearizable reads (Raft §6.4) -----------------------------------------------------------
+
+    def _register_read(self, context: bytes, origin: NodeId) -> None:
+        if self.log.term(self.log.commit_index) != self.term:
+            # The leader's commit index is only known to be current once it commits in its term.
+            self._reads_awaiting_commit.append((context, origin))
+            return
+        read = _PendingRead(self.log.commit_index, context, origin, self._read_seq + 1)
+        if self.membership.voters == {self.node_id}:
+            self._answer_read(read)
+            return
+        self._pending_reads.append(read)
+        self._needs_read_round = True
+
+    def _release_confirmed_reads(self) -> None:
+        acked = {peer: pr.read_ack_seq for peer, pr in self.progress.items()}
+        acked[self.node_id] = self._read_seq
+        confirmed = committed_index(acked, self.membership.voters)
+        while self._pending_reads and self._pending_reads[0].seq <= confirmed:
+            self._answer_read(self._pending_reads.pop(0))
+
+    def _answer_read(self, read: _PendingRead) -> None:
+        if read.origin == self.node_id:
+            self.read_states.append(ReadState(read.index, read.context))
+        else:
+            self.send(ReadIndexResponse(self.node_id, read.origin, self.term, read.index, read.context))
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def send(self, m: Message) -> None:
+        self._outbox.append(m)
+
+    def _validate(self, m: Message) -> None:
+        if m.target != self.node_id:
+            raise RemoteError(f"message for node {m.target} delivered to node {self.node_id}")
+        if m.source == NO_NODE or m.source == self.node_id:
+            raise RemoteError(f"message claims impossible source {m.source}")
+        if m.term < 0:
+            raise RemoteError(f"negative term {m.term}")
+        if isinstance(m, AppendEntries):
+            if m.prev_index < 0 or m.prev_term < 0 or m.leader_commit < 0 or m.prev_term > m.term:
+                raise RemoteError(f"AppendEntries with impossible prev ({m.prev_index}, {m.prev_term}) "
+                                  f"or commit {m.leader_commit} in term {m.term}")
+            expect_index, floor_term = m.prev_index + 1, m.prev_term
+            for entry in m.entries:
+                if entry.index != expect_index or not floor_term <= entry.term <= m.term:
+                    raise RemoteError(f"AppendEntries entries are not contiguous after {m.prev_index} "
+                                      f"with terms in [{m.prev_term}, {m.term}]")
+                expect_index, floor_term = expect_index + 1, entry.term
