@@ -1,0 +1,30 @@
+# Works with GNU make on Debian 12 (python3 3.11 + python3-venv). See README.md.
+VENV ?= .venv
+PYTHON ?= python3
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+# Re-install only when pyproject.toml changes.
+STAMP := $(VENV)/.installed
+
+.PHONY: venv up test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip 'setuptools>=68'
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# Local demo. NB: there is no node process to start yet, so for now this runs one traced
+# simulation of a 3-node cluster; a later issue replaces it with a real local cluster.
+up: venv
+	$(BIN)/registry sim --seed 7 --nodes 3 --trace
+
+test: venv
+	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
+
+# Removes the virtual environment too.
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
