@@ -321,6 +321,8 @@ class Raft:
     # -- elections --------------------------------------------------------------------------------
 
     def campaign(self, *, transfer: bool) -> None:
+        if not self._promotable():
+            return  # a learner, or a node outside the configuration, never leads
         if self.config.pre_vote and not transfer:
             self.become_pre_candidate()
             vote_term, pre_vote = Term(self.term + 1), True
@@ -447,8 +449,9 @@ class Raft:
                 pr.become_replicate()
             if self.maybe_commit():
                 self._on_commit_advanced()
-            else:
-                self.send_append(m.source, allow_empty=False)
+            elif not self.send_append(m.source, allow_empty=False) and pr.commit_sent < min(
+                    pr.match_index, self.log.commit_index):
+                self._send_heartbeat(m.source)  # the follower can now learn a commit it lacked
             if m.source == self.lead_transferee and pr.match_index == self.log.last_index:
                 self.send(TimeoutNow(self.node_id, m.source, self.term))
 
@@ -513,6 +516,7 @@ class Raft:
                 return sent
             self.send(AppendEntries(self.node_id, to, self.term, Index(prev_index), prev_term, tuple(entries),
                                     log.commit_index))
+            pr.commit_sent = max(pr.commit_sent, min(log.commit_index, prev_index + len(entries)))
             sent = True
             if entries:
                 pr.sent_entries(entries[-1].index)
@@ -526,7 +530,9 @@ class Raft:
             self._send_heartbeat(peer)
 
     def _send_heartbeat(self, peer: NodeId) -> None:
-        commit = min(self.progress[peer].match_index, self.log.commit_index)
+        pr = self.progress[peer]
+        commit = min(pr.match_index, self.log.commit_index)
+        pr.commit_sent = max(pr.commit_sent, commit)
         self.send(Heartbeat(self.node_id, peer, self.term, Index(commit), self._read_seq))
 
     def _peers(self) -> list[NodeId]:

@@ -22,7 +22,7 @@ class Progress:
     """
 
     __slots__ = ("match_index", "next_index", "state", "probe_sent", "inflight", "max_inflight",
-                 "recent_active", "read_ack_seq")
+                 "recent_active", "read_ack_seq", "commit_sent")
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
         assert max_inflight >= 1
@@ -34,6 +34,7 @@ class Progress:
         self.max_inflight = max_inflight
         self.recent_active = False  # heard from since the last check-quorum round
         self.read_ack_seq = 0  # highest read-index round this follower has confirmed
+        self.commit_sent = 0  # highest commit index sent to this follower
 
     def __repr__(self) -> str:
         return (f"Progress(match={self.match_index}, next={self.next_index}, {self.state.value}, "
