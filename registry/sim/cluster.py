@@ -1,0 +1,488 @@
+"""The seeded cluster simulation: real cores, simulated network, disks, clients and faults.
+
+One seed decides everything: the fault profile, every fault, every message's fate and every
+election timeout. `registry sim --seed S --nodes N [--mutant M]` replays a run exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from registry.raft import (
+    Config,
+    Entry,
+    EntryKind,
+    Index,
+    InitialState,
+    LocalError,
+    Membership,
+    Message,
+    NodeId,
+    NotLeader,
+    Raft,
+    RawNode,
+    Role,
+    SnapshotMeta,
+)
+
+from .checkers import SafetyChecker, Violation
+from .disk import SimDisk
+from .network import NetworkFaults, SimNetwork
+
+STEPS_PER_TICK = 5  # message latency is 1-3 steps: a round trip is about one tick
+ELECTION_TICKS = 10
+FAULT_TICKS = (400, 2000)  # a run has 40 minimum election timeouts of faults, or 200 (one run in five)
+LIVENESS_TICKS = 300  # after healing, everything must settle within this
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """How hostile one run is; drawn from the seed so runs differ in kind, not only in detail."""
+
+    network: NetworkFaults
+    crash: float  # per step: a random live node crashes
+    crash_in_ready: float  # per Ready: crash before persisting, or after persisting but before sending
+    crash_at_hard_state: float  # per Ready that changes term, vote or role, at any stage of it (buggify)
+    crash_after_commit: float  # per Ready after which a leader's commit index moved (buggify)
+    short_downtime: float  # chance a crashed node is back within 3 ticks (a supervisor restart)
+    pause: float  # per step: a random node freezes (SIGSTOP) for up to 3 election timeouts
+    partition: float  # per step: a new partition replaces the current one
+    heal: float  # per step: the current partition heals
+    transfer: float  # per step: the leader hands leadership to a random voter
+    propose: float  # per step per idle client: start a new operation
+    read: float  # per step: a random node asks for a read index
+    fault_ticks: int  # how long the fault phase lasts
+    max_msg_bytes: int  # the cores' flow control, varied so that logs move in small pieces too
+    max_inflight_msgs: int
+    pre_vote: bool  # the cores' election options: every combination must be safe and live
+    check_quorum: bool
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> FaultProfile:
+        # A calm run (x0.25) finds bugs of slow progress; a stormy one (x5) finds the rare
+        # interleavings of many leader changes in a row (Raft figure 8).
+        scale = rng.choices([0.25, 1.0, 5.0], weights=[15, 60, 25])[0]
+        return cls(
+            network=NetworkFaults(drop=rng.uniform(0, 0.15) * min(scale, 1.0),
+                                  duplicate=rng.uniform(0, 0.05) * min(scale, 1.0),
+                                  long_delay=rng.uniform(0, 0.03) * min(scale, 1.0)),
+            crash=rng.uniform(0, 0.004) * scale,
+            crash_in_ready=rng.uniform(0, 0.004) * scale,
+            crash_at_hard_state=min(0.5, rng.uniform(0, 0.15) * scale),
+            crash_after_commit=rng.uniform(0, 0.05) * scale,
+            short_downtime=rng.uniform(0, 0.8),
+            pause=rng.uniform(0, 0.002) * scale,
+            partition=rng.uniform(0, 0.004) * scale,
+            heal=rng.uniform(0.005, 0.03),
+            transfer=rng.uniform(0, 0.002),
+            propose=rng.uniform(0.02, 0.2),
+            read=rng.uniform(0, 0.05),
+            fault_ticks=FAULT_TICKS[1] if rng.random() < 0.2 else FAULT_TICKS[0],
+            max_msg_bytes=rng.choice([1, 1, 64, 256, 1 << 20]),  # 1: one entry per message
+            max_inflight_msgs=rng.choice([1, 2, 4, 8, 64]),
+            pre_vote=rng.random() < 0.7,
+            check_quorum=rng.random() < 0.7,
+        )
+
+
+@dataclass
+class SimNode:
+    node_id: NodeId
+    disk: SimDisk
+    raw: RawNode | None = None  # None while crashed
+    incarnation: int = 0
+    down_until: int = 0
+    paused_until: int = 0  # while paused, the node neither ticks nor receives
+    held: list[Message] = field(default_factory=list)  # messages that arrived while paused
+
+
+@dataclass
+class Client:
+    client_id: int
+    seq: int = 0
+    payload: bytes | None = None  # the operation in progress, if any
+    target: NodeId | None = None  # where to send it next (a leader hint)
+    sent_at: int | None = None  # step of the last proposal; retried after a timeout
+
+
+@dataclass(frozen=True)
+class SimResult:
+    seed: int
+    nodes: int
+    mutant: str | None
+    ok: bool
+    violation: str | None
+    ticks: int
+    stats: dict[str, int]
+    replay: str
+
+
+def replay_command(seed: int, nodes: int, mutant: str | None) -> str:
+    return f"registry sim --seed {seed} --nodes {nodes}" + (f" --mutant {mutant}" if mutant else "")
+
+
+@dataclass
+class Simulation:
+    seed: int
+    nodes: int = 3
+    raft_class: type[Raft] = Raft
+    mutant: str | None = None
+    clients: int = 3
+    trace: Callable[[str], None] | None = None
+    now: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= 9:
+            raise ValueError(f"nodes must be between 1 and 9, got {self.nodes}")
+        self.rng = random.Random(self.seed)
+        self.profile = FaultProfile.draw(self.rng)
+        self.network = SimNetwork(random.Random(self.rng.getrandbits(64)), self.profile.network)
+        self.ids = [NodeId(i) for i in range(1, self.nodes + 1)]
+        self.membership = Membership(frozenset(self.ids))
+        self.checker = SafetyChecker()
+        self.sim_nodes = {i: SimNode(i, SimDisk()) for i in self.ids}
+        self.client_list = [Client(c) for c in range(1, self.clients + 1)]
+        self.done_payloads: set[bytes] = set()
+        self.reads: dict[bytes, int] = {}  # read context -> commit index known when it began
+        self.partition_kind = ""
+        self._leader_seen: dict[int, NodeId] = {}
+        for key in ("crashes", "restarts", "lost_writes", "partitions", "transfers", "elections",
+                    "proposals", "operations_done", "reads_checked"):
+            self.stats[key] = 0
+        for node in self.sim_nodes.values():
+            self._start(node)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        violation = None
+        try:
+            for _ in range(self.profile.fault_ticks * STEPS_PER_TICK):
+                self.step(faults=True)
+            self.heal_all()
+            self._liveness()
+            self._final_checks()
+        except Violation as exc:
+            violation = str(exc)
+        except AssertionError as exc:
+            violation = f"core assertion failed: {exc}"
+        self._event(f"result: {'ok' if violation is None else 'VIOLATION: ' + violation}")
+        stats = dict(self.stats)
+        stats.update(messages_sent=self.network.stats.sent, messages_dropped=self.network.stats.dropped,
+                     messages_duplicated=self.network.stats.duplicated, messages_cut=self.network.stats.cut,
+                     committed=self.checker.max_committed)
+        return SimResult(self.seed, self.nodes, self.mutant, violation is None, violation,
+                         self.now // STEPS_PER_TICK, stats, replay_command(self.seed, self.nodes, self.mutant))
+
+    def step(self, *, faults: bool) -> None:
+        self.now += 1
+        if faults:
+            self._inject_faults()
+        self._restart_due()
+        self._run_clients()
+        for node in self.sim_nodes.values():
+            if node.paused_until == self.now and node.raw is not None:
+                self._event(f"node {node.node_id} resumes with {len(node.held)} messages waiting")
+                for message in node.held:
+                    self._deliver(node, message)
+                node.held.clear()
+            if self._running(node) and (self.now + node.node_id) % STEPS_PER_TICK == 0:
+                node.raw.tick()  # type: ignore[union-attr]
+                self._observe(node)
+        for message in self.network.due(self.now):
+            node = self.sim_nodes[message.target]
+            if node.paused_until > self.now:
+                node.held.append(message)
+            else:
+                self._deliver(node, message)
+        for node in self.sim_nodes.values():
+            if self._running(node):
+                self._process(node, faults=faults)
+        self._check_committed_safe()
+
+    def _check_committed_safe(self) -> None:
+        index, term = self.checker.newest_committed()
+        if not index:
+            return
+        logs: dict[NodeId, tuple[int, int, bool]] = {}
+        for node in self.sim_nodes.values():
+            if node.raw is not None:
+                log = node.raw.raft.log
+                logs[node.node_id] = (log.last_index, log.last_term, log.term(index) == term)
+            else:  # what it will restart with
+                entries = node.disk.entries
+                last = entries[-1] if entries else None
+                holds = len(entries) >= index and entries[index - 1].term == term
+                logs[node.node_id] = (last.index if last else 0, last.term if last else 0, holds)
+        self.checker.check_committed_safe(logs, self.membership.voters)
+
+    def _running(self, node: SimNode) -> bool:
+        return node.raw is not None and node.paused_until <= self.now
+
+    def _deliver(self, node: SimNode, message: Message) -> None:
+        if node.raw is not None:
+            node.raw.step(message)
+            self._observe(node)
+
+    def heal_all(self) -> None:
+        """End of the fault phase: links heal, crashed nodes come back, the network behaves."""
+        self.network.blocked.clear()
+        self.network.faults = NetworkFaults()
+        for node in self.sim_nodes.values():
+            if node.raw is None:
+                node.down_until = self.now
+            if node.paused_until > self.now:
+                node.paused_until = self.now + 1
+        self._restart_due()
+        self._event("faults stop: network healed, every node running")
+
+    # -- nodes ------------------------------------------------------------------------------------
+
+    def _start(self, node: SimNode) -> None:
+        node.incarnation += 1
+        rng = random.Random(f"{self.seed}/{node.node_id}/{node.incarnation}")
+        config = Config(node.node_id, rng, election_ticks=ELECTION_TICKS, heartbeat_ticks=1,
+                        pre_vote=self.profile.pre_vote, check_quorum=self.profile.check_quorum,
+                        max_inflight_msgs=self.profile.max_inflight_msgs, max_msg_bytes=self.profile.max_msg_bytes)
+        disk = node.disk
+        state = InitialState(SnapshotMeta(Index(0), 0, self.membership), disk.hard_state,  # type: ignore[arg-type]
+                             tuple(disk.entries))
+        node.raw = RawNode(config, state, raft_class=self.raft_class)
+        self.checker.on_restart(node.node_id, node.raw.raft)
+
+    def _crash(self, node: SimNode, why: str) -> None:
+        assert node.raw is not None
+        node.raw = None
+        node.held.clear()
+        node.paused_until = 0
+        self.stats["lost_writes"] += node.disk.crash()
+        self.stats["crashes"] += 1
+        short = self.rng.random() < self.profile.short_downtime
+        downtime = self.rng.randint(1, 3 if short else 3 * ELECTION_TICKS) * STEPS_PER_TICK
+        node.down_until = self.now + downtime
+        self._event(f"node {node.node_id} crashes {why}")
+
+    def _restart_due(self) -> None:
+        for node in self.sim_nodes.values():
+            if node.raw is None and node.down_until <= self.now:
+                self._start(node)
+                self.stats["restarts"] += 1
+                self._event(f"node {node.node_id} restarts at term {node.raw.raft.term} "  # type: ignore[union-attr]
+                            f"with {len(node.disk.entries)} entries")
+
+    def _process(self, node: SimNode, *, faults: bool) -> None:
+        """Do the node's Ready work in the contract's order, with crashes between the stages."""
+        raw = node.raw
+        assert raw is not None
+        while raw.has_ready():
+            commit_before = raw.raft.log.commit_index
+            ready = raw.ready()
+            crash_at = -1  # the stage after which this Ready's node crashes, if any
+            if faults:
+                p = self.profile.crash_in_ready
+                if ready.soft_state is not None or (ready.must_sync and ready.hard_state is not None):
+                    p = max(p, self.profile.crash_at_hard_state)
+                if self.rng.random() < p:
+                    crash_at = self.rng.randint(0, 2)
+            if crash_at == 0:
+                self._crash(node, "before persisting a Ready")
+                return
+            if ready.entries:
+                first = ready.entries[0].index
+                prev_term = raw.raft.log.term(first - 1)
+                self.checker.on_persist(node.node_id, ready.entries, prev_term or 0)
+            node.disk.write(ready.entries, ready.hard_state, sync=ready.must_sync)
+            if crash_at == 1:
+                self._crash(node, "after persisting a Ready, before sending")
+                return
+            for message in ready.messages:
+                self.checker.on_sent(message)
+                self.network.send(message, self.now)
+            if crash_at == 2:
+                self._crash(node, "after sending a Ready")
+                return
+            self.checker.on_apply(node.node_id, ready.committed)
+            for entry in ready.committed:
+                if entry.kind is EntryKind.NORMAL:
+                    self.done_payloads.add(entry.data)
+            for state in ready.read_states:
+                began = self.reads.pop(state.context, None)
+                if began is not None:
+                    self.checker.on_read(node.node_id, state, began)
+                    self.stats["reads_checked"] += 1
+            raw.advance(ready)
+            self._observe(node)
+            if (faults and raw.raft.role is Role.LEADER and raw.raft.log.commit_index > commit_before
+                    and self.rng.random() < self.profile.crash_after_commit):
+                self._crash(node, "right after its commit index moved")
+                return
+
+    def _observe(self, node: SimNode) -> None:
+        raft = node.raw.raft  # type: ignore[union-attr]
+        self.checker.on_state(node.node_id, raft)
+        if raft.role is Role.LEADER:
+            self.checker.on_leader(node.node_id, raft)
+            if self._leader_seen.get(raft.term) != node.node_id:
+                self._leader_seen[raft.term] = node.node_id
+                self.stats["elections"] += 1
+                self._event(f"node {node.node_id} leads term {raft.term} (last index {raft.log.last_index}, "
+                            f"commit {raft.log.commit_index})")
+
+    # -- clients ----------------------------------------------------------------------------------
+
+    def _run_clients(self) -> None:
+        retry_steps = 3 * ELECTION_TICKS * STEPS_PER_TICK
+        for client in self.client_list:
+            if client.payload is not None and client.payload in self.done_payloads:
+                client.payload = None
+                self.stats["operations_done"] += 1
+            if client.payload is None:
+                if self.now > self.profile.fault_ticks * STEPS_PER_TICK or self.rng.random() >= self.profile.propose:
+                    continue
+                client.seq += 1
+                client.payload = f"c{client.client_id}:{client.seq}".encode()
+                client.sent_at = None
+            if client.sent_at is not None and self.now - client.sent_at < retry_steps:
+                continue
+            target = client.target or self.rng.choice(self.ids)
+            client.target = None
+            if not self._running(self.sim_nodes[target]):
+                continue
+            raw = self.sim_nodes[target].raw
+            assert raw is not None
+            try:
+                raw.propose(client.payload)
+            except NotLeader as exc:
+                client.target = exc.leader_hint or None
+                continue
+            except LocalError:
+                continue  # a transfer is in progress: try again next step
+            client.sent_at = self.now
+            self.stats["proposals"] += 1
+        if self.rng.random() < self.profile.read:
+            node = self.sim_nodes[self.rng.choice(self.ids)]
+            if self._running(node) and node.raw is not None:
+                context = f"r{self.now}".encode()
+                try:
+                    node.raw.read_index(context)
+                except LocalError:
+                    return
+                self.reads[context] = self.checker.max_committed
+
+    # -- faults -----------------------------------------------------------------------------------
+
+    def _inject_faults(self) -> None:
+        rng, profile = self.rng, self.profile
+        live = [n for n in self.sim_nodes.values() if n.raw is not None]
+        if live and rng.random() < profile.crash:
+            self._crash(rng.choice(live), "(kill -9)")
+        if live and rng.random() < profile.pause:
+            node = rng.choice(live)
+            if node.paused_until <= self.now:
+                node.paused_until = self.now + rng.randint(1, 3 * ELECTION_TICKS) * STEPS_PER_TICK
+                self._event(f"node {node.node_id} pauses (SIGSTOP) until tick {node.paused_until // STEPS_PER_TICK}")
+        if rng.random() < profile.partition:
+            self._partition()
+        elif self.network.blocked and rng.random() < profile.heal:
+            self.network.blocked.clear()
+            self._event(f"partition healed ({self.partition_kind})")
+        if rng.random() < profile.transfer:
+            for node in live:
+                if self._running(node) and node.raw is not None and node.raw.raft.role is Role.LEADER:
+                    target = rng.choice(self.ids)
+                    if target != node.node_id:
+                        node.raw.transfer_leadership(target)
+                        self.stats["transfers"] += 1
+                        self._event(f"node {node.node_id} transfers leadership to {target}")
+
+    def _partition(self) -> None:
+        rng, ids = self.rng, list(self.ids)
+        rng.shuffle(ids)
+        blocked: set[tuple[NodeId, NodeId]] = set()
+        kind = rng.choice(["isolate", "split", "one-way", "bridge"]) if len(ids) > 2 else "isolate"
+
+        def cut(a: list[NodeId], b: list[NodeId]) -> None:
+            for x in a:
+                for y in b:
+                    blocked.update({(x, y), (y, x)})
+
+        if kind == "isolate":
+            cut(ids[:1], ids[1:])
+        elif kind == "split":
+            k = rng.randint(1, len(ids) - 1)
+            cut(ids[:k], ids[k:])
+        elif kind == "one-way":
+            for _ in range(rng.randint(1, len(ids))):
+                a, b = rng.sample(ids, 2)
+                blocked.add((a, b))
+        else:  # bridge: two halves that each see only the middle node
+            middle, rest = ids[0], ids[1:]
+            half = len(rest) // 2
+            cut(rest[:half], rest[half:])
+        self.network.blocked = blocked
+        self.partition_kind = kind
+        self.stats["partitions"] += 1
+        self._event(f"partition: {kind} {sorted(blocked)}")
+
+    # -- liveness and the end ---------------------------------------------------------------------
+
+    def _liveness(self) -> None:
+        start = self.now
+        for _ in range(LIVENESS_TICKS * STEPS_PER_TICK):
+            self.step(faults=False)
+            if self._settled():
+                self.stats["settle_ticks"] = (self.now - start) // STEPS_PER_TICK
+                self._event(f"settled after {(self.now - start) // STEPS_PER_TICK} ticks")
+                return
+        raise Violation(f"liveness: not settled {LIVENESS_TICKS} ticks after faults stopped: "
+                        f"{self._why_not_settled()}")
+
+    def _settled(self) -> bool:
+        return self._why_not_settled() == ""
+
+    def _why_not_settled(self) -> str:
+        rafts = [n.raw.raft for n in self.sim_nodes.values() if n.raw is not None]
+        leaders = [r for r in rafts if r.role is Role.LEADER]
+        if len(leaders) != 1:
+            return f"{len(leaders)} leaders"
+        leader = leaders[0]
+        pending = [c.payload for c in self.client_list if c.payload is not None]
+        if pending:
+            return f"{len(pending)} client operations not committed: {pending[:3]}"
+        if leader.log.term(leader.log.commit_index) != leader.term:
+            return "leader has not committed in its term"
+        for raft in rafts:
+            if raft.term != leader.term or raft.log.applied_index != leader.log.commit_index:
+                return (f"node {raft.node_id} at term {raft.term} applied {raft.log.applied_index}, "
+                        f"leader commit {leader.log.commit_index}")
+        return ""
+
+    def _final_checks(self) -> None:
+        for node in self.sim_nodes.values():
+            assert node.raw is not None
+            self.checker.check_converged_log(node.node_id, node.raw.raft)
+        leaked = [c for c in self.reads]
+        self.stats["reads_unanswered"] = len(leaked)
+
+    def _event(self, text: str) -> None:
+        if self.trace is not None:
+            self.trace(f"[tick {self.now / STEPS_PER_TICK:7.1f}] {text}")
+
+
+def run(seed: int, *, nodes: int = 3, mutant: str | None = None,
+        trace: Callable[[str], None] | None = None) -> SimResult:
+    """Run one seeded simulation to the end and report what it found."""
+    from .mutants import MUTANTS as _MUTANTS
+
+    raft_class: type[Raft] = Raft
+    if mutant is not None:
+        if mutant not in _MUTANTS:
+            raise ValueError(f"unknown mutant {mutant!r}; accepted: {', '.join(sorted(_MUTANTS))}")
+        raft_class = _MUTANTS[mutant][0]
+    return Simulation(seed, nodes, raft_class=raft_class, mutant=mutant, trace=trace).run()
+
+
+__all__ = ["Entry", "SimResult", "Simulation", "run", "replay_command"]

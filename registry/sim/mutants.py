@@ -1,0 +1,48 @@
+"""Deliberately broken cores: each breaks one rule, and the simulator must catch every one.
+
+A checker that never fails proves nothing; tests run these and assert a violation is found.
+"""
+
+from __future__ import annotations
+
+from registry.raft import NO_NODE, HardState, Raft, RequestVote
+from registry.raft.core import _PendingRead
+
+
+class VoteWithoutLogCheck(Raft):
+    """Grants votes without Raft §5.4.1's up-to-date check."""
+
+    def vote_log_ok(self, m: RequestVote) -> bool:
+        return True
+
+
+class CommitPreviousTerms(Raft):
+    """Commits by counting replicas for entries of earlier terms, which Raft §5.4.2 forbids."""
+
+    def maybe_commit(self) -> bool:
+        acked = sorted((pr.match_index for node, pr in self.progress.items()
+                        if node in self.membership.voters), reverse=True)
+        index = acked[len(self.membership.voters) // 2]
+        return index > self.log.commit_index and self.log.commit_to(index)
+
+
+class VoteNotPersisted(Raft):
+    """Replies to RequestVote without persisting the vote: a restart forgets it (Raft figure 2)."""
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, NO_NODE, self.log.commit_index)
+
+
+class ReadWithoutQuorum(Raft):
+    """Answers read-index requests at once, trusting leadership without a heartbeat round (§6.4)."""
+
+    def _register_read(self, context: bytes, origin):  # type: ignore[no-untyped-def]
+        self._answer_read(_PendingRead(self.log.commit_index, context, origin, 0))
+
+
+MUTANTS: dict[str, tuple[type[Raft], str]] = {
+    "vote-without-log-check": (VoteWithoutLogCheck, "votes granted without the log up-to-date check (§5.4.1)"),
+    "commit-previous-terms": (CommitPreviousTerms, "previous-term entries committed by counting replicas (§5.4.2)"),
+    "vote-not-persisted": (VoteNotPersisted, "vote not persisted before replying (figure 2)"),
+    "read-without-quorum": (ReadWithoutQuorum, "read index served without a quorum heartbeat round (§6.4)"),
+}
