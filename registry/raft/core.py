@@ -408,27 +408,37 @@ class Raft:
 
     def handle_append_entries(self, m: AppendEntries) -> None:
         log = self.log
-        if m.prev_index < log.commit_index:
-            # Everything up to our commit index matches the leader's log already.
-            self.send(AppendEntriesResponse(self.node_id, m.source, self.term, True, log.commit_index))
-            return
-        if log.term(m.prev_index) == m.prev_term:
-            log.merge(m.entries)
-            last_new = Index(m.prev_index + len(m.entries))
+        prev_index, prev_term, entries = m.prev_index, m.prev_term, m.entries
+        if prev_index < log.commit_index:
+            # Our log matches the leader's up to our commit index, so only the part of a stale
+            # message past it can teach us anything: entries, and a newer commit index.
+            commit = log.commit_index
+            skip = commit - prev_index
+            if len(entries) < skip or entries[skip - 1].term != log.term(commit):
+                self.send(AppendEntriesResponse(self.node_id, m.source, self.term, True, commit))
+                return
+            prev_index, prev_term, entries = commit, log.term(commit), entries[skip:]
+        if log.term(prev_index) == prev_term:
+            log.merge(entries)
+            last_new = Index(prev_index + len(entries))
             log.commit_to(min(m.leader_commit, last_new))
             self.send(AppendEntriesResponse(self.node_id, m.source, self.term, True, last_new))
             return
-        if m.prev_index > log.last_index:
+        if prev_index > log.last_index:
             conflict_term, conflict_index = Term(0), Index(log.last_index + 1)
         else:
-            conflict_term = log.term(m.prev_index)
+            conflict_term = log.term(prev_index)
             assert conflict_term is not None
-            conflict_index = log.first_index_of_term(m.prev_index)
-        self.send(AppendEntriesResponse(self.node_id, m.source, self.term, False, m.prev_index,
+            conflict_index = log.first_index_of_term(prev_index)
+        self.send(AppendEntriesResponse(self.node_id, m.source, self.term, False, Index(prev_index),
                                         conflict_term, conflict_index))
 
     def handle_heartbeat(self, m: Heartbeat) -> None:
-        self.log.commit_to(m.leader_commit)  # the leader caps it at what we are known to hold
+        if m.leader_commit > self.log.last_index:
+            # The leader caps it at what we acknowledged, and acknowledged entries are durable.
+            raise RemoteError(f"heartbeat commits index {m.leader_commit} beyond our last index "
+                              f"{self.log.last_index}")
+        self.log.commit_to(m.leader_commit)
         self.send(HeartbeatResponse(self.node_id, m.source, self.term, m.read_seq))
 
     # -- replication: leader side -----------------------------------------------------------------
@@ -437,6 +447,9 @@ class Raft:
         pr = self.progress.get(m.source)
         if pr is None or m.source == self.node_id:
             return
+        if m.success and m.index > self.log.last_index:
+            raise RemoteError(f"node {m.source} acknowledged index {m.index} beyond our last index "
+                              f"{self.log.last_index}")
         pr.recent_active = True
         if not m.success:
             if pr.maybe_decrease(m.index, self._hint_next(m)):

@@ -25,10 +25,15 @@ class RaftLog:
         self.snapshot_index = Index(snapshot.index)
         self.snapshot_term = Term(snapshot.term)
         self._entries: list[Entry] = list(entries)
+        previous_term = snapshot.term
         for k, entry in enumerate(self._entries):
             if entry.index != self.snapshot_index + 1 + k:
                 raise ValueError(f"restored entries are not contiguous after index {snapshot.index}: "
                                  f"position {k} holds index {entry.index}")
+            if entry.term < previous_term:
+                raise ValueError(f"restored entry {entry.index} has term {entry.term}, below the term "
+                                 f"{previous_term} before it: terms in a log never decrease")
+            previous_term = entry.term
         last = self.last_index
         if commit > last:
             raise ValueError(f"restored commit index {commit} is beyond the last log index {last}")

@@ -22,6 +22,7 @@ from registry.raft import (
     NodeId,
     NotLeader,
     Raft,
+    RaftError,
     RawNode,
     Role,
     SnapshotMeta,
@@ -169,6 +170,8 @@ class Simulation:
             violation = str(exc)
         except AssertionError as exc:
             violation = f"core assertion failed: {exc}"
+        except RaftError as exc:  # every peer is one of our cores: an "impossible" message is a bug
+            violation = f"core error: {type(exc).__name__}: {exc}"
         self._event(f"result: {'ok' if violation is None else 'VIOLATION: ' + violation}")
         stats = dict(self.stats)
         stats.update(messages_sent=self.network.stats.sent, messages_dropped=self.network.stats.dropped,
@@ -293,7 +296,9 @@ class Simulation:
             if ready.entries:
                 first = ready.entries[0].index
                 prev_term = raw.raft.log.term(first - 1)
-                self.checker.on_persist(node.node_id, ready.entries, prev_term or 0)
+                start = first - node.disk.snapshot_index - 1
+                replaced = [old for old, new in zip(node.disk.entries[start:], ready.entries) if old != new]
+                self.checker.on_persist(node.node_id, ready.entries, prev_term or 0, replaced)
             node.disk.write(ready.entries, ready.hard_state, sync=ready.must_sync)
             if crash_at == 1:
                 self._crash(node, "after persisting a Ready, before sending")

@@ -70,16 +70,16 @@ def test_restarting_below_a_term_already_used_is_a_violation() -> None:
 def test_log_matching_catches_a_different_payload_at_the_same_index_and_term() -> None:
     """Log matching (Raft §5.3)."""
     checker = SafetyChecker()
-    checker.on_persist(NodeId(1), [Entry(Term(1), Index(1), data=b"a")], prev_term=0)
+    checker.on_persist(NodeId(1), [Entry(Term(1), Index(1), data=b"a")], prev_term=0, replaced=[])
     with pytest.raises(Violation, match="log matching"):
-        checker.on_persist(NodeId(2), [Entry(Term(1), Index(1), data=b"b")], prev_term=0)
+        checker.on_persist(NodeId(2), [Entry(Term(1), Index(1), data=b"b")], prev_term=0, replaced=[])
 
 
 def test_log_matching_catches_a_different_history_before_the_same_entry() -> None:
     checker = SafetyChecker()
-    checker.on_persist(NodeId(1), [Entry(Term(3), Index(5), data=b"a")], prev_term=2)
+    checker.on_persist(NodeId(1), [Entry(Term(3), Index(5), data=b"a")], prev_term=2, replaced=[])
     with pytest.raises(Violation, match="predecessor term"):
-        checker.on_persist(NodeId(2), [Entry(Term(3), Index(5), data=b"a")], prev_term=1)
+        checker.on_persist(NodeId(2), [Entry(Term(3), Index(5), data=b"a")], prev_term=1, replaced=[])
 
 
 def test_committed_entries_must_agree_and_survive() -> None:
@@ -88,8 +88,12 @@ def test_committed_entries_must_agree_and_survive() -> None:
     checker.on_state(NodeId(1), raft(1, 1, [(1, b"a")], commit=1))
     with pytest.raises(Violation, match="state machine safety"):
         checker.on_state(NodeId(2), raft(2, 2, [(2, b"b")], commit=1))
+    # A lagging node that never held the committed entry may write a stale leader's entry there...
+    checker.on_persist(NodeId(3), [Entry(Term(2), Index(1), data=b"b")], prev_term=0, replaced=[])
+    # ...but a node that held it must never lose it.
     with pytest.raises(Violation, match="committed entry lost"):
-        checker.on_persist(NodeId(3), [Entry(Term(2), Index(1), data=b"b")], prev_term=0)
+        checker.on_persist(NodeId(1), [Entry(Term(2), Index(1), data=b"b")], prev_term=0,
+                           replaced=[Entry(Term(1), Index(1), data=b"a")])
 
 
 def test_commit_index_must_not_go_backwards() -> None:
