@@ -1,0 +1,212 @@
+"""The wire format of peer messages: one version byte, then one msgpack array.
+
+    frame   = WIRE_VERSION (1 byte) || msgpack([tag, field_1, ..., field_n])
+    tag     = the message type's position in raft.MESSAGE_TYPES, or FORWARD_TAG for Forward
+    fields  = every dataclass field, in declaration order (defaults included)
+    entries = an array of [term, index, kind, data] arrays
+
+Ids, terms, indexes and counters are msgpack ints in [0, 2**63); flags are msgpack booleans;
+byte strings are msgpack bin (use_bin_type). `decode` trusts nothing: it checks the version, the
+tag, the field count and the exact type and range of every field, and raises CodecError (with
+the type and field at fault) for anything else. It only validates the *shape*: whether a message
+makes sense (contiguous entries, a plausible term) is the core's business (RemoteError).
+`encode` trusts its input (messages the core built) and does not re-check field values: a
+wrong one shows up as a CodecError at the receiver.
+
+NB: the tags are MESSAGE_TYPES positions, so reordering that tuple changes the wire format;
+tests/transport/test_codec.py pins the bytes of every type so that such a change cannot go
+unnoticed. Adding a field to a message type changes the format too (the field count is
+checked): either is a new WIRE_VERSION. Forward's tag is far above the positions, so new core
+message types can be appended without colliding with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, NoReturn, TypeAlias
+
+import msgpack
+
+from registry.raft import MESSAGE_TYPES, Entry, EntryKind, Message, NodeId
+
+__all__ = ["FORWARD_TAG", "WIRE_VERSION", "CodecError", "Forward", "Wire", "decode", "encode"]
+
+WIRE_VERSION = 1
+#: Forward's tag: far above the MESSAGE_TYPES positions (0..8 today), which may grow.
+FORWARD_TAG = 64
+
+_U63_MAX = (1 << 63) - 1
+
+
+class CodecError(ValueError):
+    """Bytes from a peer that are not a valid frame; the message says which part is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Follower -> leader: a client write (`payload`, opaque here) forwarded to the leader.
+
+    It travels on the Raft connections but is not a Raft message: the node loop, not the core,
+    handles it (it proposes `payload` on the leader)."""
+
+    source: NodeId
+    target: NodeId
+    payload: bytes
+
+
+Wire: TypeAlias = Message | Forward
+
+# Field kinds. A field's kind comes from its annotation (a string: the core's modules use
+# `from __future__ import annotations`); an unknown annotation fails at import, so a new field
+# type in the core cannot slip onto the wire unvalidated.
+_U63, _BOOL, _BYTES, _ENTRIES = 0, 1, 2, 3
+_KIND_OF_ANNOTATION = {
+    "int": _U63, "NodeId": _U63, "Term": _U63, "Index": _U63,
+    "bool": _BOOL,
+    "bytes": _BYTES,
+    "tuple[Entry, ...]": _ENTRIES,
+}  # fmt: skip
+_KIND_NAMES = {_U63: "an int in [0, 2**63)", _BOOL: "a bool", _BYTES: "bytes", _ENTRIES: "an array of entries"}
+_ENTRY_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    tag: int
+    cls: type
+    names: tuple[str, ...]
+    kinds: tuple[int, ...]
+    get: Callable[[Any], tuple[Any, ...]]  # all fields at once, in order
+    # Positions in the decoded array [tag, *fields] of the fields of each kind (-1: no entries).
+    u63_at: tuple[int, ...]
+    bool_at: tuple[int, ...]
+    bytes_at: tuple[int, ...]
+    entries_at: int
+
+
+def _spec(tag: int, cls: type) -> _Spec:
+    fields = dataclasses.fields(cls)
+    names = tuple(f.name for f in fields)
+    kinds = []
+    for f in fields:
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", repr(f.type))
+        if annotation not in _KIND_OF_ANNOTATION:
+            raise TypeError(f"codec: {cls.__name__}.{f.name} has a type the wire format lacks: {annotation}")
+        kinds.append(_KIND_OF_ANNOTATION[annotation])
+    assert names[:2] == ("source", "target"), f"{cls.__name__} must start with source, target"
+    at = {kind: tuple(i for i, k in enumerate(kinds, 1) if k == kind) for kind in (_U63, _BOOL, _BYTES, _ENTRIES)}
+    assert len(at[_ENTRIES]) <= 1, f"{cls.__name__}: at most one entries field"
+    return _Spec(tag, cls, names, tuple(kinds), attrgetter(*names), at[_U63], at[_BOOL], at[_BYTES],
+                 at[_ENTRIES][0] if at[_ENTRIES] else -1)
+
+
+_SPECS = [_spec(tag, cls) for tag, cls in enumerate(MESSAGE_TYPES)] + [_spec(FORWARD_TAG, Forward)]
+assert FORWARD_TAG >= len(MESSAGE_TYPES), "Forward's tag collides with a core message type"
+_BY_TYPE: dict[type, _Spec] = {s.cls: s for s in _SPECS}
+_BY_TAG: dict[int, _Spec] = {s.tag: s for s in _SPECS}
+
+_PREFIX = bytes([WIRE_VERSION])
+# NB: one reusable Packer per thread is 2-3x faster than msgpack.packb (which builds a Packer
+# per call), and a Packer is not safe to share between threads.
+_tls = threading.local()
+_unpackb = msgpack.unpackb
+_SLICE_BYTES = 4096
+
+
+def encode(m: Wire) -> bytes:
+    """One frame for `m` (a core message or a Forward). Raises CodecError for anything else."""
+    spec = _BY_TYPE.get(type(m))
+    if spec is None:
+        raise CodecError(f"cannot encode {type(m).__name__}: not a Raft message or Forward")
+    try:
+        pack = _tls.pack
+    except AttributeError:
+        pack = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+    values = spec.get(m)
+    try:
+        if spec.entries_at < 0:
+            return _PREFIX + pack((spec.tag, *values))
+        body = [spec.tag, *values]
+        body[spec.entries_at] = [(e.term, e.index, e.kind, e.data) for e in body[spec.entries_at]]
+        return _PREFIX + pack(body)
+    except (TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise CodecError(f"cannot encode {m!r:.200}: {e}") from None
+
+
+def decode(data: bytes | bytearray | memoryview) -> Wire:
+    """The message in one frame. Raises CodecError, and nothing else, for any malformed input."""
+    if len(data) == 0:
+        raise CodecError("empty frame")
+    if data[0] != WIRE_VERSION:
+        raise CodecError(f"unsupported wire version {data[0]} (this node speaks {WIRE_VERSION})")
+    try:
+        # NB: unpackb bounds every length by the input size, so a forged header cannot make it
+        # allocate more than the frame itself; trailing bytes raise ExtraData. Slicing copies,
+        # which beats a memoryview only for small frames.
+        rest = data[1:] if len(data) <= _SLICE_BYTES else memoryview(data)[1:]
+        body = _unpackb(rest, raw=False, strict_map_key=True, use_list=True)
+    except Exception as e:  # msgpack raises several unrelated types (ExtraData, FormatError, ...)
+        raise CodecError(f"invalid msgpack after the version byte: {type(e).__name__}: {e}") from None
+    if type(body) is not list or not body:
+        raise CodecError(f"expected a non-empty array [tag, fields...], got {type(body).__name__}")
+    tag = body[0]
+    spec = _BY_TAG.get(tag) if type(tag) is int else None
+    if spec is None:
+        raise CodecError(f"unknown message tag {tag!r:.40}")
+    if len(body) != len(spec.kinds) + 1:
+        raise CodecError(f"{spec.cls.__name__}: expected {len(spec.kinds)} fields, got {len(body) - 1}")
+    for i in spec.u63_at:
+        v = body[i]
+        if type(v) is not int or v < 0 or v > _U63_MAX:
+            _bad_field(spec, i, v)
+    for i in spec.bool_at:
+        if type(body[i]) is not bool:
+            _bad_field(spec, i, body[i])
+    for i in spec.bytes_at:
+        if type(body[i]) is not bytes:
+            _bad_field(spec, i, body[i])
+    if spec.entries_at > 0:
+        body[spec.entries_at] = _decode_entries(spec, spec.entries_at, body[spec.entries_at])
+    return spec.cls(*body[1:])  # type: ignore[no-any-return]
+
+
+def _decode_entries(spec: _Spec, i: int, v: object) -> tuple[Entry, ...]:
+    if type(v) is not list:
+        _bad_field(spec, i, v)
+    entries = []
+    for n, e in enumerate(v):  # type: ignore[arg-type]
+        if type(e) is not list or len(e) != 4:
+            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}]: expected [term, index, kind, data], "
+                             f"got {_describe(e)}")
+        term, index, kind, data = e
+        if type(term) is not int or term < 0 or term > _U63_MAX:
+            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}].term: expected {_KIND_NAMES[_U63]}, "
+                             f"got {_describe(term)}")
+        if type(index) is not int or index < 0 or index > _U63_MAX:
+            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}].index: expected {_KIND_NAMES[_U63]}, "
+                             f"got {_describe(index)}")
+        entry_kind = _ENTRY_KINDS.get(kind) if type(kind) is int else None
+        if entry_kind is None:
+            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}].kind: expected one of "
+                             f"{sorted(_ENTRY_KINDS)}, got {_describe(kind)}")
+        if type(data) is not bytes:
+            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}].data: expected bytes, "
+                             f"got {_describe(data)}")
+        entries.append(Entry(term, index, entry_kind, data))  # type: ignore[arg-type]
+    return tuple(entries)
+
+
+def _bad_field(spec: _Spec, i: int, v: object) -> NoReturn:
+    raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}: expected {_KIND_NAMES[spec.kinds[i - 1]]}, "
+                     f"got {_describe(v)}")
+
+
+def _describe(v: object) -> str:
+    """A short description of a bad value: its type, and the value itself when it is small."""
+    if type(v) in (int, bool) or v is None:
+        return f"{type(v).__name__} {v!r:.30}"
+    return type(v).__name__
