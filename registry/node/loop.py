@@ -1,0 +1,446 @@
+"""The node loop: the only code that reads a clock and does I/O.
+
+It drives the Raft core and does each Ready's work in the contract's order: persist (LMDB,
+one transaction and at most one fsync per Ready), send (ZeroMQ), apply (catalogue), advance.
+Client requests arrive on the client socket and are answered once their entry is applied here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from registry.catalogue import (
+    Catalogue,
+    CommandError,
+    Deregister,
+    Deregistered,
+    Register,
+    Registered,
+    Rejected,
+    Request,
+    ValidationError,
+    encode_request,
+)
+from registry.naming import format_hostport, node_id_for
+from registry.raft import (
+    Config,
+    EntryKind,
+    Membership,
+    NoLeader,
+    NodeId,
+    NotLeader,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    RemoteError,
+    Role,
+)
+from registry.storage import LmdbStorage
+from registry.transport import Forward, ZmqTransport
+
+from .client_api import ClientRequest, ClientServer
+from .config import NodeConfig
+
+RETRY_INTERVAL_S = 0.5  # a write or read not done by then is proposed / forwarded / asked again
+MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
+MAX_FORWARD_BYTES = 128 * 1024
+
+
+@dataclass
+class _PendingWrite:
+    data: bytes
+    waiters: list[tuple[bytes, int]]  # (client identity, request id)
+    deadline: float
+    retry_at: float = 0.0
+    sent_once: bool = False  # reached a leader at least once: a timeout means "outcome unknown"
+
+
+@dataclass
+class _PendingRead:
+    identity: bytes
+    request_id: int
+    service: str | None
+    deadline: float
+    retry_at: float
+    index: int | None = None  # set once the read index is known
+
+
+@dataclass
+class NodeStats:
+    proposals: int = 0
+    forwarded: int = 0
+    remote_errors: int = 0
+    readies: int = 0
+    fsyncs: int = 0
+    applied_entries: int = 0
+    last_contact: dict[NodeId, float] = field(default_factory=dict)
+
+
+class _NodeLog(logging.LoggerAdapter):
+    """One line per event with level, node and term."""
+
+    def __init__(self, logger: logging.Logger, node: Node) -> None:
+        super().__init__(logger, {})
+        self._node = node
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        raft = getattr(self._node, "raw", None)
+        term = raft.raft.term if raft is not None else "-"
+        return f"node={self._node.config.name} term={term} {msg}", kwargs
+
+
+class Node:
+    def __init__(self, config: NodeConfig, *, logger: logging.Logger | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.log = _NodeLog(logger or logging.getLogger("registry.node"), self)
+        self.clock = clock
+        self.node_id = node_id_for(config.name)
+        self.names: dict[NodeId, str] = {node_id_for(n): n for n in config.members}
+        self.membership = Membership(frozenset(self.names))
+        self._stop_requested = False
+        self.stats = NodeStats()
+        self.raw: RawNode | None = None
+        self.storage = LmdbStorage(config.data_dir, node_name=config.name, cluster_id=config.cluster_id,
+                                   map_size_bytes=config.max_db_bytes, logger=logging.getLogger("registry.storage"))
+        self._context = zmq.Context()
+        self.transport: ZmqTransport | None = None
+        self.client: ClientServer | None = None
+        try:
+            state = self.storage.initial_state(self.membership)
+            rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+            self.raw = RawNode(Config(self.node_id, rng, election_ticks=config.election_ticks,
+                                      heartbeat_ticks=config.heartbeat_ticks), state)
+            self.catalogue = Catalogue()
+            self.transport = ZmqTransport(node_id=self.node_id, node_name=config.name, bind=config.raft,
+                                          peers=dict(config.peers), context=self._context)
+            self.client = ClientServer(self._context, config.client, logging.getLogger("registry.client_api"))
+        except BaseException:
+            self.close()
+            raise
+        self._writes: dict[tuple[str, int], _PendingWrite] = {}
+        self._reads: dict[bytes, _PendingRead] = {}
+        self._reads_waiting_apply: list[tuple[int, bytes]] = []
+        self._read_ids = itertools.count(1)
+        self._role = Role.FOLLOWER
+        self._leader = NodeId(0)
+        self.log.info("started: %s; restored %d log entries, term %d, commit %d", config.describe(),
+                      state.entries[-1].index if state.entries else 0, state.hard_state.term,
+                      state.hard_state.commit)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        self._stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self, *, until: Callable[[], bool] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or `until()` is true), then stop cleanly."""
+        assert self.transport is not None and self.client is not None and self.raw is not None
+        poller = zmq.Poller()
+        poller.register(self.transport.socket, zmq.POLLIN)
+        poller.register(self.client.socket, zmq.POLLIN)
+        interval = self.config.tick_interval_ms / 1000
+        next_tick = self.clock() + interval
+        try:
+            while not self._stop_requested and not (until is not None and until()):
+                timeout_ms = max(0.0, (next_tick - self.clock()) * 1000)
+                if self.raw.has_ready():
+                    timeout_ms = 0
+                events = dict(poller.poll(timeout_ms))
+                if self.transport.socket in events:
+                    self._receive_raft()
+                if self.client.socket in events:
+                    self._receive_clients()
+                now = self.clock()
+                if now >= next_tick:
+                    behind = int((now - next_tick) / interval) + 1
+                    for _ in range(min(behind, MAX_CATCH_UP_TICKS)):
+                        self.raw.tick()
+                    next_tick = max(next_tick + behind * interval, now + interval / 2)
+                    self._retry_and_expire(now)
+                self._handle_ready()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self.log.info("stopping: answering %d pending writes and %d reads with 'stopping'",
+                      sum(len(w.waiters) for w in self._writes.values()), len(self._reads))
+        if self.client is not None:
+            for write in self._writes.values():
+                for identity, request_id in write.waiters:
+                    self.client.error(identity, request_id, "stopping", "the node is shutting down; retry another")
+            for read in self._reads.values():
+                self.client.error(read.identity, read.request_id, "stopping", "the node is shutting down; retry another")
+        self._writes.clear()
+        self._reads.clear()
+        self.close()
+        self.log.info("stopped")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        self._context.term()
+        self.storage.close()
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def _receive_raft(self) -> None:
+        assert self.transport is not None and self.raw is not None
+        now = self.clock()
+        for message in self.transport.drain():
+            self.stats.last_contact[message.source] = now
+            if isinstance(message, Forward):
+                self._propose_forwarded(message)
+                continue
+            try:
+                self.raw.step(message)
+            except RemoteError as exc:
+                self.stats.remote_errors += 1
+                self.log.warning("dropped an impossible message from %s: %s", self.names.get(message.source), exc)
+
+    def _propose_forwarded(self, message: Forward) -> None:
+        assert self.raw is not None
+        if len(message.payload) > MAX_FORWARD_BYTES:
+            self.stats.remote_errors += 1
+            return
+        try:
+            self.raw.propose(message.payload)
+            self.stats.proposals += 1
+        except (NotLeader, ProposalDropped):
+            pass  # the origin retries; at-most-once sessions make that safe
+
+    def _receive_clients(self) -> None:
+        assert self.client is not None
+        now = self.clock()
+        for request in self.client.drain():
+            try:
+                if request.op in ("register", "deregister"):
+                    self._start_write(request, now)
+                elif request.op == "services":
+                    self._start_read(request, now)
+                else:
+                    self.client.reply(request.identity, request.request_id, self.status())
+            except (ValidationError, CommandError) as exc:
+                self.client.error(request.identity, request.request_id, "invalid", str(exc))
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def _start_write(self, request: ClientRequest, now: float) -> None:
+        args = request.args
+        client_id, seq = args.get("client"), args.get("seq")
+        if request.op == "register":
+            command: Register | Deregister = Register(
+                service=_arg(args, "service", str), address=_arg(args, "address", str), port=_arg(args, "port", int),
+                instance_id=_arg(args, "instance_id", str, optional=True), tags=tuple(_arg(args, "tags", list, default=[])),
+                meta=tuple(sorted(_arg(args, "meta", dict, default={}).items())))
+        else:
+            command = Deregister(service=_arg(args, "service", str),
+                                 instance_id=_arg(args, "instance_id", str, optional=True),
+                                 address=_arg(args, "address", str, optional=True),
+                                 port=_arg(args, "port", int, optional=True))
+        data = encode_request(Request(client_id=client_id, seq=seq, command=command))  # validates
+        key = (client_id, seq)
+        write = self._writes.get(key)
+        if write is None:
+            write = self._writes[key] = _PendingWrite(data, [], now + self.config.request_timeout_s)
+        write.waiters.append((request.identity, request.request_id))
+        self._send_write(write, now)
+
+    def _send_write(self, write: _PendingWrite, now: float) -> None:
+        assert self.raw is not None and self.transport is not None
+        write.retry_at = now + RETRY_INTERVAL_S
+        raft = self.raw.raft
+        if raft.role is Role.LEADER:
+            try:
+                self.raw.propose(write.data)
+                self.stats.proposals += 1
+                write.sent_once = True
+            except ProposalDropped:
+                write.retry_at = now + self.config.tick_interval_ms / 1000
+        elif raft.leader_id:
+            self.transport.send([Forward(self.node_id, raft.leader_id, write.data)])
+            self.stats.forwarded += 1
+            write.sent_once = True
+        else:
+            write.retry_at = now + self.config.tick_interval_ms / 1000
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def _start_read(self, request: ClientRequest, now: float) -> None:
+        service = _arg(request.args, "service", str, optional=True)
+        if _arg(request.args, "stale", bool, default=False):
+            self._answer_read(request.identity, request.request_id, service)
+            return
+        context = next(self._read_ids).to_bytes(8, "big")
+        read = _PendingRead(request.identity, request.request_id, service, now + self.config.request_timeout_s, 0.0)
+        self._reads[context] = read
+        self._ask_read_index(context, read, now)
+
+    def _ask_read_index(self, context: bytes, read: _PendingRead, now: float) -> None:
+        assert self.raw is not None
+        read.retry_at = now + RETRY_INTERVAL_S
+        try:
+            self.raw.read_index(context)
+        except NoLeader:
+            read.retry_at = now + self.config.tick_interval_ms / 1000
+
+    def _answer_read(self, identity: bytes, request_id: int, service: str | None) -> None:
+        assert self.client is not None
+        view = self.catalogue.view
+        if service is not None:
+            names = [service.lower()]
+        else:
+            names = list(view.service_names())
+        services = {name: [_instance_json(i) for i in view.instances(name)] for name in names}
+        self.client.reply(identity, request_id, {"index": view.applied_index, "services": services})
+
+    def _retry_and_expire(self, now: float) -> None:
+        assert self.client is not None
+        for key, write in list(self._writes.items()):
+            if now >= write.deadline:
+                del self._writes[key]
+                code, text = (("timeout", "not applied within the timeout; the outcome is unknown, retry with "
+                               "the same client id and seq") if write.sent_once else
+                              ("no_leader", "no leader could be reached within the timeout"))
+                for identity, request_id in write.waiters:
+                    self.client.error(identity, request_id, code, text)
+            elif now >= write.retry_at:
+                self._send_write(write, now)
+        for context, read in list(self._reads.items()):
+            if now >= read.deadline:
+                del self._reads[context]
+                self.client.error(read.identity, read.request_id, "no_leader",
+                                  "no read index could be confirmed by a quorum within the timeout")
+            elif read.index is None and now >= read.retry_at:
+                del self._reads[context]  # a new context, so a late answer to the old one is ignored
+                context = next(self._read_ids).to_bytes(8, "big")
+                self._reads[context] = read
+                self._ask_read_index(context, read, now)
+
+    # -- the Ready cycle --------------------------------------------------------------------------
+
+    def _handle_ready(self) -> None:
+        assert self.raw is not None and self.transport is not None
+        raw = self.raw
+        while raw.has_ready():
+            ready = raw.ready()
+            self.stats.readies += 1
+            if ready.entries or ready.hard_state is not None:
+                self.storage.save(ready.entries, ready.hard_state, sync=ready.must_sync)
+                self.stats.fsyncs += ready.must_sync
+            if ready.messages:
+                self.transport.send(ready.messages)
+            self._apply(ready)
+            if ready.soft_state is not None:
+                self._on_soft_state(ready)
+            raw.advance(ready)
+
+    def _apply(self, ready: Ready) -> None:
+        assert self.client is not None
+        for entry in ready.committed:
+            if entry.kind is not EntryKind.NORMAL:
+                self.catalogue.skip(entry.index)
+                continue
+            applied = self.catalogue.apply(entry.index, entry.data)
+            self.stats.applied_entries += 1
+            write = self._writes.pop((applied.client_id, applied.seq), None)
+            if write is None:
+                continue
+            result = applied.result
+            for identity, request_id in write.waiters:
+                if isinstance(result, Registered):
+                    self.client.reply(identity, request_id, {"instance_id": result.instance_id,
+                                                             "created": result.created, "index": applied.index})
+                elif isinstance(result, Deregistered):
+                    self.client.reply(identity, request_id, {"removed": list(result.removed), "index": applied.index})
+                elif isinstance(result, Rejected):
+                    self.client.error(identity, request_id, result.code, result.message)
+        for state in ready.read_states:
+            read = self._reads.get(state.context)
+            if read is not None:
+                read.index = state.index
+                self._reads_waiting_apply.append((state.index, state.context))
+        if self._reads_waiting_apply:
+            applied_index = self.catalogue.view.applied_index
+            still: list[tuple[int, bytes]] = []
+            for index, context in self._reads_waiting_apply:
+                if index <= applied_index:
+                    read = self._reads.pop(context, None)
+                    if read is not None:
+                        self._answer_read(read.identity, read.request_id, read.service)
+                else:
+                    still.append((index, context))
+            self._reads_waiting_apply = still
+
+    def _on_soft_state(self, ready: Ready) -> None:
+        soft = ready.soft_state
+        assert soft is not None
+        if soft.role is not self._role or soft.leader_id != self._leader:
+            leader = self.names.get(soft.leader_id, "none") if soft.leader_id else "none"
+            self.log.info("role %s, leader %s", soft.role.value, leader)
+        self._role, self._leader = soft.role, soft.leader_id
+        if soft.leader_id:  # a leader is known again: send waiting writes now, not at the retry timer
+            now = self.clock()
+            for write in self._writes.values():
+                if not write.sent_once:
+                    self._send_write(write, now)
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        assert self.raw is not None
+        st = self.raw.status()
+        now = self.clock()
+        peers: dict[str, Any] = {}
+        for node_id, name in sorted(self.names.items(), key=lambda kv: kv[1]):
+            if node_id == self.node_id:
+                continue
+            contact = self.stats.last_contact.get(node_id)
+            progress = st.progress.get(node_id)
+            peers[name] = {
+                "match": progress.match_index if progress else None,
+                "next": progress.next_index if progress else None,
+                "state": progress.state.value if progress else None,
+                "last_contact_ms": None if contact is None else int((now - contact) * 1000),
+            }
+        return {
+            "node": self.config.name, "node_id": self.node_id, "role": st.role.value, "term": st.term,
+            "leader": self.names.get(st.leader_id) if st.leader_id else None,
+            "commit": st.commit_index, "applied": self.catalogue.view.applied_index, "last_index": st.last_index,
+            "raft": format_hostport(*self.config.raft), "client": format_hostport(*self.config.client),
+            "dns": format_hostport(*self.config.dns), "peers": peers,
+        }
+
+
+def _arg(args: dict[str, Any], key: str, kind: type, *, optional: bool = False, default: Any = None) -> Any:
+    value = args.get(key, default)
+    if value is None:
+        if optional or default is not None:
+            return value
+        raise ValidationError(f"missing argument {key!r}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValidationError(f"argument {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _instance_json(instance: Any) -> dict[str, Any]:
+    return {"id": instance.id, "address": instance.address, "port": instance.port,
+            "tags": list(instance.tags), "meta": dict(instance.meta)}
