@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import os
 import sys
 import textwrap
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 import registry
+from registry.cli import cluster_cmds
+from registry.naming import AddressError, parse_hostport
 
 if TYPE_CHECKING:
+    from registry.client import Client, NodeStatus, RegistryError
     from registry.sim import SimResult
 
 app = typer.Typer(
@@ -47,6 +52,10 @@ def _root(
     ] = False,
 ) -> None:
     """Service-discovery registry: Raft over ZeroMQ, an LMDB log, a DNS responder."""
+
+
+app.command()(cluster_cmds.agent)
+app.command()(cluster_cmds.up)
 
 
 @app.command()
@@ -233,3 +242,310 @@ def _echo_summary(results: list[SimResult], elapsed_s: float) -> None:
         for result in failures:
             typer.echo(f"  seed {result.seed}: {result.violation}")
             typer.echo(f"    {result.replay}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Client commands: register, deregister, services, status. Each parses its arguments, calls
+# registry.client.Client and prints. Exit status: 0 done, 1 the cluster could not do it (the
+# reason on stderr), 2 a usage or validation error (nothing was sent).
+
+
+def _check_servers(values: list[str] | None) -> list[str] | None:
+    for text in values or ():
+        try:
+            parse_hostport(text, what="server")
+        except AddressError as e:
+            raise typer.BadParameter(str(e), param_hint="'--server'") from None
+    return values
+
+
+ServersOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--server",
+        metavar="HOST:PORT",
+        callback=_check_servers,
+        help="A node's client address; repeat for several. "
+        "Default: $REGISTRY_SERVERS (comma-separated), else 127.0.0.1:7101,7102,7103.",
+        show_default=False,
+    ),
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up after this long."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
+
+# Client-side validation names an argument; this is how the user wrote it.
+_PARAM_HINTS = {
+    "service": "SERVICE",
+    "address": "HOST:PORT",
+    "port": "HOST:PORT",
+    "instance_id": "'--id'",
+    "tags": "'--tag'",
+    "meta": "'--meta'",
+    "servers": "REGISTRY_SERVERS",
+}
+
+
+def _client(servers: Sequence[str] | None, timeout_s: float) -> Client:
+    from registry.client import Client, ValidationFailed  # NB: lazy: zmq is slow to import.
+
+    try:
+        return Client(servers or None, timeout_s=timeout_s)
+    except ValidationFailed as e:  # --server was checked while parsing: this is the environment
+        raise typer.BadParameter(str(e), param_hint="REGISTRY_SERVERS") from None
+
+
+def _fail(error: RegistryError, hint: str | None = None) -> NoReturn:
+    """Exit 2 for a validation error (a BadParameter when we know the argument), else 1."""
+    from registry.client import ValidationFailed
+
+    if isinstance(error, ValidationFailed):
+        if error.code is None:  # found before sending: name the argument
+            raise typer.BadParameter(str(error), param_hint=hint or _PARAM_HINTS.get(error.field or ""))
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"Error: {error}", err=True)
+    raise typer.Exit(1)
+
+
+def _parse_meta(values: list[str] | None) -> list[str] | None:
+    seen: set[str] = set()
+    for text in values or ():
+        key, sep, _ = text.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(
+                f"{text!r} is not KEY=VALUE (e.g. --meta zone=a; the value may be empty)",
+                param_hint="'--meta'",
+            )
+        if key in seen:
+            raise typer.BadParameter(f"key {key!r} given twice", param_hint="'--meta'")
+        seen.add(key)
+    return values
+
+
+def _parse_hostport_argument(text: str) -> str:
+    try:
+        parse_hostport(text)
+    except AddressError as e:
+        raise typer.BadParameter(str(e), param_hint="HOST:PORT") from None
+    return text
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _echo_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns. A short row (an error) leaves its last cell unpadded."""
+    widths = [
+        max(len(row[c]) for row in (header, *rows) if len(row) == len(header))
+        for c in range(len(header))
+    ]
+    for row in (header, *rows):
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _reason(error: RegistryError) -> str:
+    """Why one server failed, without repeating the server's address."""
+    return getattr(error, "last_error", None) or error.message
+
+
+@app.command()
+def register(
+    service: Annotated[
+        str, typer.Argument(metavar="SERVICE", help="Service name: a DNS label, e.g. web.")
+    ],
+    hostport: Annotated[
+        str,
+        typer.Argument(
+            metavar="HOST:PORT",
+            callback=_parse_hostport_argument,
+            help="The instance's address: 10.0.0.5:8080, [2001:db8::5]:8080 or host:8080.",
+            show_default=False,
+        ),
+    ],
+    instance_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Instance id. Default: derived from service, address and port."),
+    ] = None,
+    tags: Annotated[
+        list[str] | None, typer.Option("--tag", metavar="TAG", help="A tag (a DNS label); repeatable.")
+    ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option("--meta", metavar="KEY=VALUE", callback=_parse_meta,
+                     help="Metadata; repeatable, at most 64 keys."),
+    ] = None,
+    servers: ServersOption = None,
+    timeout_s: TimeoutOption = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Register (or update) an instance of SERVICE; returns once the cluster committed it.
+
+    Prints the instance id and the commit index.
+
+    Exit status: 0 committed, 1 the cluster could not do it, 2 bad arguments.
+
+    After exit 1 the outcome may be unknown: running the same command again is safe.
+    """
+    from registry.client import RegistryError
+
+    host, port = parse_hostport(hostport)
+    meta_map = dict(item.partition("=")[::2] for item in meta or ())
+    with _client(servers, timeout_s) as client:
+        try:
+            got = client.register(service, host, port, id=instance_id, tags=tags or (), meta=meta_map)
+        except RegistryError as e:
+            _fail(e)
+    service = service.lower()  # NB: names are case-insensitive; the catalogue keeps lowercase
+    if as_json:
+        _echo_json({"service": service, **dataclasses.asdict(got)})
+    else:
+        verb = "registered" if got.created else "updated"
+        typer.echo(f"{verb} {service} instance {got.instance_id}, committed at index {got.index}")
+
+
+class _DeregisterBy(str, enum.Enum):
+    auto = "auto"
+    id = "id"
+    address = "address"
+
+
+@app.command()
+def deregister(
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="Service name.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID|HOST:PORT",
+            help="An instance id, or the address of the instances to remove. Text ending in "
+            "':' and digits is taken as HOST:PORT (see --by).",
+            show_default=False,
+        ),
+    ],
+    by: Annotated[
+        _DeregisterBy,
+        typer.Option("--by", help="Read ID|HOST:PORT as an instance id or an address."),
+    ] = _DeregisterBy.auto,
+    servers: ServersOption = None,
+    timeout_s: TimeoutOption = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove instances of SERVICE, by instance id or by address; returns once committed.
+
+    Exit status: 0 removed, 1 nothing matched or the cluster could not do it, 2 bad arguments.
+    """
+    from registry.client import RegistryError
+
+    with _client(servers, timeout_s) as client:
+        try:
+            got = client.deregister(service, target, by=by.value)
+        except RegistryError as e:
+            _fail(e, hint="ID|HOST:PORT" if getattr(e, "field", None) != "service" else None)
+    service = service.lower()
+    if as_json:
+        _echo_json({"service": service, "removed": list(got.removed), "index": got.index})
+    else:
+        typer.echo(f"deregistered {service} instance{'s' if len(got.removed) != 1 else ''} "
+                   f"{', '.join(got.removed)}, committed at index {got.index}")
+
+
+@app.command()
+def services(
+    service: Annotated[
+        str | None, typer.Argument(metavar="SERVICE", help="Only this service.", show_default=False)
+    ] = None,
+    stale: Annotated[
+        bool,
+        typer.Option("--stale", help="Answer from the node's applied state, without confirming "
+                     "it is current (faster; works without a leader)."),
+    ] = False,
+    servers: ServersOption = None,
+    timeout_s: TimeoutOption = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """List services and their instances: a table, or --json.
+
+    Exit status: 0 listed, 1 the cluster could not answer, 2 bad arguments.
+    """
+    from registry.client import RegistryError
+
+    with _client(servers, timeout_s) as client:
+        try:
+            got = client.services(service, stale=stale)
+        except RegistryError as e:
+            _fail(e)
+    if as_json:
+        _echo_json({
+            "index": got.index,
+            "services": {
+                name: [dataclasses.asdict(i) for i in instances]
+                for name, instances in got.items()
+            },
+        })  # fmt: skip
+        return
+    rows = [
+        (name, i.id, i.address, str(i.port), ",".join(i.tags),
+         ",".join(f"{k}={v}" for k, v in sorted(i.meta.items())))
+        for name, instances in sorted(got.items())
+        for i in sorted(instances, key=lambda i: i.id)
+    ]  # fmt: skip
+    if not rows:
+        typer.echo(f"no instances of {service}" if service else "no services registered")
+        return
+    _echo_table(("SERVICE", "ID", "ADDRESS", "PORT", "TAGS", "META"), rows)
+
+
+def _last_contact(status: NodeStatus, leader: NodeStatus | None) -> str:
+    if leader is None:
+        return "?"
+    if status.node == leader.node:
+        return "-"
+    peer = leader.peers.get(status.node)
+    if peer is None or peer.last_contact_ms is None:
+        return "never"
+    return f"{peer.last_contact_ms} ms ago"
+
+
+@app.command()
+def status(
+    servers: ServersOption = None,
+    timeout_s: TimeoutOption = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Every server's role, term, leader, commit and applied index, and last contact.
+
+    Last contact is the leader's view of each follower.
+
+    A server that does not answer within min(--timeout, 2 s) gets its error on its row.
+
+    Exit status: 0 if any server answered, 1 if none did, 2 bad arguments.
+    """
+    from registry.client import NodeStatus
+
+    with _client(servers, timeout_s) as client:
+        results = client.status_all()
+    answered = [r for r in results if isinstance(r, NodeStatus)]
+    leaders = [r for r in answered if r.role == "leader"]
+    leader = max(leaders, key=lambda r: r.term) if leaders else None
+    if as_json:
+        _echo_json([
+            dataclasses.asdict(r) if isinstance(r, NodeStatus)
+            else {"server": server, "error": {"code": r.code, "message": _reason(r)}}
+            for server, r in zip(client.servers, results, strict=True)
+        ])  # fmt: skip
+    else:
+        header = ("SERVER", "NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST CONTACT")
+        rows = [
+            (r.server, r.node, r.role, str(r.term), r.leader or "-", str(r.commit), str(r.applied),
+             _last_contact(r, leader))
+            if isinstance(r, NodeStatus)
+            else (server, f"error: {_reason(r)}")
+            for server, r in zip(client.servers, results, strict=True)
+        ]  # fmt: skip
+        _echo_table(header, rows)
+    if not answered:
+        typer.echo(f"Error: no server answered ({', '.join(client.servers)})", err=True)
+        raise typer.Exit(1)

@@ -29,7 +29,7 @@ class NodeConfig:
     tick_interval_ms: int = 50
     election_ticks: int = 10  # 0.5-1 s with 50 ms ticks
     heartbeat_ticks: int = 1
-    request_timeout_s: float = 5.0
+    request_timeout_s: float = 1.5  # below the client's per-server attempt timeout (2 s)
     max_db_bytes: int = 2 * 1024**3
 
     def __post_init__(self) -> None:

@@ -435,9 +435,9 @@ def _arg(args: dict[str, Any], key: str, kind: type, *, optional: bool = False, 
     if value is None:
         if optional or default is not None:
             return value
-        raise ValidationError(f"missing argument {key!r}")
+        raise ValidationError(key, f"missing argument {key!r}")
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValidationError(f"argument {key!r} must be {kind.__name__}, got {type(value).__name__}")
+        raise ValidationError(key, f"argument {key!r} must be {kind.__name__}, got {type(value).__name__}")
     return value
 
 
