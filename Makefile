@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# Local demo. NB: there is no node process to start yet, so for now this runs one traced
-# simulation of a 3-node cluster; a later issue replaces it with a real local cluster.
+# A local 3-node cluster of real agent processes (data in .registry/, survives restarts);
+# Ctrl-C stops it.
 up: venv
-	$(BIN)/registry sim --seed 7 --nodes 3 --trace
+	$(BIN)/registry up --nodes 3 --data-dir .registry
 
 test: venv
 	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)

@@ -149,6 +149,27 @@ RULES = [
         "registry.cli is a composition root: nothing imports it (but `python -m registry`)",
     ),
     Rule(
+        "catalogue-pure",
+        ("registry/catalogue",),
+        lambda _, name: _top(name) in RAFT_FORBIDDEN or not (
+            within(name, "registry.catalogue") or _top(name) in sys.stdlib_module_names or _top(name) == "msgpack"),
+        "registry.catalogue is a pure state machine: the standard library and msgpack only, no I/O",
+    ),
+    Rule(
+        "storage-transport-know-only-the-core",
+        ("registry/storage", "registry/transport"),
+        lambda importer, name: _top(name) == "registry" and not any(
+            within(name, f"registry.{ok}") for ok in ("raft", "naming", importer.split(".")[1])),
+        "storage and transport depend only on the core's types (and naming), never on each other",
+    ),
+    Rule(
+        "client-knows-only-the-protocol",
+        ("registry/client.py",),
+        lambda _, name: _top(name) == "registry" and not any(
+            within(name, ok) for ok in ("registry.client", "registry.naming", "registry.catalogue.validation")),
+        "the client speaks the documented protocol; it shares only naming and validation rules",
+    ),
+    Rule(
         "node-never-imports-sim",
         ("registry/node",),
         lambda _, name: within(name, "registry.sim"),
@@ -158,7 +179,9 @@ RULES = [
 
 
 def python_files(folder: Path) -> Iterator[Path]:
-    if folder.is_dir():
+    if folder.is_file():
+        yield folder
+    elif folder.is_dir():
         yield from sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
@@ -250,6 +273,9 @@ def test_rules_fail_on_a_bad_tree(tmp_path: Path) -> None:
         "registry/raft/timer.py": "import random\nrandom.random()\n",
         "dns/records.py": "from registry.storage import memory\n",
         "registry/node/loop.py": "from ..cli import main\nfrom registry import sim\n",
+        "registry/catalogue/state.py": "import msgpack\nimport os\nimport zmq\n",
+        "registry/storage/lmdb_store.py": "from registry.raft import Entry\nfrom registry.transport import codec\n",
+        "registry/client.py": "from registry.catalogue.validation import x\nfrom registry.node import Node\n",
     }
     for rel, text in planted.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -269,5 +295,9 @@ def test_rules_fail_on_a_bad_tree(tmp_path: Path) -> None:
         "dns-reads-only-the-catalogue": ["dns/records.py:1 imports registry.storage.memory"],
         "nothing-imports-cli": ["registry/node/loop.py:1 imports registry.cli.main"],
         "node-never-imports-sim": ["registry/node/loop.py:2 imports registry.sim"],
+        "catalogue-pure": ["registry/catalogue/state.py:2 imports os", "registry/catalogue/state.py:3 imports zmq"],
+        "storage-transport-know-only-the-core": [
+            "registry/storage/lmdb_store.py:2 imports registry.transport.codec"],
+        "client-knows-only-the-protocol": ["registry/client.py:2 imports registry.node.Node"],
     }
     assert random_violations(tmp_path) == ["registry/raft/timer.py:2 uses random.random"]
