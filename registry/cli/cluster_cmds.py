@@ -50,8 +50,14 @@ def agent(
     except Exception as exc:  # start-up: a locked or foreign data dir, a busy port
         logging.getLogger("registry").error("cannot start node %s: %s", node_config.name, exc)
         raise typer.Exit(1) from None
+    from registry.storage import StorageError
+
     node.install_signal_handlers()
-    node.run()
+    try:
+        node.run()
+    except StorageError as exc:  # e.g. the LMDB map is full: stop rather than acknowledge anything
+        logging.getLogger("registry").error("node %s stopped: %s", node_config.name, exc)
+        raise typer.Exit(1) from None
 
 
 RAFT_PORT, CLIENT_PORT, DNS_PORT = 7000, 7100, 8599  # node i: 7000+i, 7100+i, 8599+i (8600 for n1)

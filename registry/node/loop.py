@@ -240,6 +240,11 @@ class Node:
                     self.client.reply(request.identity, request.request_id, self.status())
             except (ValidationError, CommandError) as exc:
                 self.client.error(request.identity, request.request_id, "invalid", str(exc))
+            except Exception as exc:  # NB: a request the checks above missed must not stop the node
+                self.client.malformed += 1
+                self.log.warning("refused a client %s request that broke its handler: %r", request.op, exc)
+                self.client.error(request.identity, request.request_id, "bad_request",
+                                  f"the request could not be handled: {exc}")
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -250,7 +255,7 @@ class Node:
             command: Register | Deregister = Register(
                 service=_arg(args, "service", str), address=_arg(args, "address", str), port=_arg(args, "port", int),
                 instance_id=_arg(args, "instance_id", str, optional=True), tags=tuple(_arg(args, "tags", list, default=[])),
-                meta=tuple(sorted(_arg(args, "meta", dict, default={}).items())))
+                meta=_arg(args, "meta", dict, default={}))
         else:
             command = Deregister(service=_arg(args, "service", str),
                                  instance_id=_arg(args, "instance_id", str, optional=True),
