@@ -115,4 +115,4 @@ class ClientServer:
             self._log.warning("client send queue full; dropped a reply")
 
     def close(self) -> None:
-        self.socket.close(linger=0)
+        self.socket.close(linger=100)  # NB: lets the last "stopping" replies out
