@@ -29,6 +29,13 @@ def agent(
     tick_interval_ms: Annotated[int | None, typer.Option(help="Raft tick length (default 50 ms).")] = None,
     election_ticks: Annotated[int | None, typer.Option(help="Minimum election timeout in ticks (default 10).")] = None,
     max_db_bytes: Annotated[int | None, typer.Option(help="LMDB map size in bytes (default 2 GiB).")] = None,
+    dns_ttl: Annotated[int | None, typer.Option(help="TTL of DNS answers, seconds (default 30).")] = None,
+    dns_negative_ttl: Annotated[int | None, typer.Option(
+        help="TTL of negative DNS answers (the SOA minimum), seconds (default 5).")] = None,
+    dns_max_udp: Annotated[int | None, typer.Option(
+        help="Largest EDNS0 UDP answer, bytes (default 1232).")] = None,
+    dns_max_stale: Annotated[float | None, typer.Option(
+        help="Answer SERVFAIL after this many seconds without a leader (default 30).")] = None,
 ) -> None:
     """Run one registry node in the foreground until SIGTERM or SIGINT."""
     from registry.node import ConfigError, Node
@@ -39,7 +46,9 @@ def agent(
         settings: dict[str, Any] = load_file(config) if config is not None else {}
         flags = {"name": name, "data_dir": data_dir, "raft": raft, "client": client, "dns": dns,
                  "peer": peer or None, "domain": domain, "tick_interval_ms": tick_interval_ms,
-                 "election_ticks": election_ticks, "max_db_bytes": max_db_bytes}
+                 "election_ticks": election_ticks, "max_db_bytes": max_db_bytes, "dns_ttl_s": dns_ttl,
+                 "dns_negative_ttl_s": dns_negative_ttl, "dns_max_udp": dns_max_udp,
+                 "dns_max_stale_s": dns_max_stale}
         settings.update({k: v for k, v in flags.items() if v is not None})  # flags override the file
         node_config = build(settings)
     except ConfigError as exc:
@@ -141,6 +150,7 @@ def up(
     typer.echo("  registry register web 10.0.0.5:8080 --tag primary")
     typer.echo("  registry services web")
     typer.echo("  registry status")
+    typer.echo(f"  dig @127.0.0.1 -p {endpoints[names[0]]['dns'].rsplit(':', 1)[1]} web.service.registry SRV")
     if servers != ",".join(local_endpoints(i)["client"] for i in range(1, 4)):
         typer.echo(f"  (with REGISTRY_SERVERS={servers})")
     typer.echo("Ctrl-C stops the cluster; its data stays for the next `registry up`.")

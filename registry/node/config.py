@@ -31,6 +31,10 @@ class NodeConfig:
     heartbeat_ticks: int = 1
     request_timeout_s: float = 1.5  # below the client's per-server attempt timeout (2 s)
     max_db_bytes: int = 2 * 1024**3
+    dns_ttl_s: int = 30  # TTL of positive answers
+    dns_negative_ttl_s: int = 5  # the SOA minimum: how long resolvers cache NXDOMAIN/NODATA
+    dns_max_udp: int = 1232  # EDNS0 buffer size honoured at most (RFC 9715's safe default)
+    dns_max_stale_s: float = 30.0  # SERVFAIL after this long without contact with a leader
 
     def __post_init__(self) -> None:
         try:
@@ -54,6 +58,12 @@ class NodeConfig:
             raise ConfigError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
         if self.max_db_bytes < 1024**2:
             raise ConfigError(f"max_db_bytes must be at least 1 MiB, got {self.max_db_bytes}")
+        if not 0 <= self.dns_ttl_s <= 86400 or not 0 <= self.dns_negative_ttl_s <= 86400:
+            raise ConfigError("dns_ttl_s and dns_negative_ttl_s must be 0-86400 seconds")
+        if not 512 <= self.dns_max_udp <= 65535:
+            raise ConfigError(f"dns_max_udp must be 512-65535 bytes, got {self.dns_max_udp}")
+        if self.dns_max_stale_s <= 0:
+            raise ConfigError(f"dns_max_stale_s must be positive, got {self.dns_max_stale_s}")
 
     @property
     def members(self) -> list[str]:

@@ -7,6 +7,7 @@ Client requests arrive on the client socket and are answered once their entry is
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import os
@@ -47,6 +48,7 @@ from registry.raft import (
 )
 from registry.storage import LmdbStorage
 from registry.transport import Forward, ZmqTransport
+from registry_dns.process import DnsProcess
 
 from .client_api import ClientRequest, ClientServer
 from .config import NodeConfig
@@ -116,6 +118,7 @@ class Node:
         self._context = zmq.Context()
         self.transport: ZmqTransport | None = None
         self.client: ClientServer | None = None
+        self.dns: DnsProcess | None = None
         try:
             state = self.storage.initial_state(self.membership)
             rng = random.Random(int.from_bytes(os.urandom(8), "big"))
@@ -125,6 +128,13 @@ class Node:
             self.transport = ZmqTransport(node_id=self.node_id, node_name=config.name, bind=config.raft,
                                           peers=dict(config.peers), context=self._context)
             self.client = ClientServer(self._context, config.client, logging.getLogger("registry.client_api"))
+            # NB: DNS runs in a child process with its own catalogue replica, fed every committed
+            # entry, so DNS load and Raft work never compete for one interpreter (docs/ARCHITECTURE.md).
+            self.dns = DnsProcess(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
+                                  negative_ttl_s=config.dns_negative_ttl_s, max_udp_payload=config.dns_max_udp,
+                                  max_stale_s=config.dns_max_stale_s, nameservers=self._nameservers(),
+                                  snapshot=lambda: self.catalogue.to_bytes())
+            self.dns.start(timeout_s=10)
         except BaseException:
             self.close()
             raise
@@ -172,6 +182,7 @@ class Node:
                         self.raw.tick()
                     next_tick = max(next_tick + behind * interval, now + interval / 2)
                     self._retry_and_expire(now)
+                    self._tell_dns_leader_contact(now)
                 self._handle_ready()
         finally:
             self._shutdown()
@@ -191,6 +202,9 @@ class Node:
         self.log.info("stopped")
 
     def close(self) -> None:
+        if self.dns is not None:
+            self.dns.stop()
+            self.dns = None
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -360,6 +374,14 @@ class Node:
 
     def _apply(self, ready: Ready) -> None:
         assert self.client is not None
+        self._apply_entries(ready)
+        if ready.committed and self.dns is not None:
+            # After the catalogue applied them, so the snapshot the child may ask for matches.
+            self.dns.apply([(e.index, int(e.kind), e.data) for e in ready.committed])
+        self._release_reads(ready)
+
+    def _apply_entries(self, ready: Ready) -> None:
+        assert self.client is not None
         for entry in ready.committed:
             if entry.kind is not EntryKind.NORMAL:
                 self.catalogue.skip(entry.index)
@@ -378,6 +400,8 @@ class Node:
                     self.client.reply(identity, request_id, {"removed": list(result.removed), "index": applied.index})
                 elif isinstance(result, Rejected):
                     self.client.error(identity, request_id, result.code, result.message)
+
+    def _release_reads(self, ready: Ready) -> None:
         for state in ready.read_states:
             read = self._reads.get(state.context)
             if read is not None:
@@ -408,6 +432,35 @@ class Node:
                 if not write.sent_once:
                     self._send_write(write, now)
 
+    def _tell_dns_leader_contact(self, now: float) -> None:
+        assert self.raw is not None
+        if self.dns is None:
+            return
+        raft = self.raw.raft
+        if raft.role is Role.LEADER:
+            age: float | None = 0.0
+        elif raft.leader_id and raft.leader_id in self.stats.last_contact:
+            age = now - self.stats.last_contact[raft.leader_id]
+        else:
+            age = None
+        self.dns.leader_contact(age)
+
+    def _nameservers(self) -> list[tuple[str, str]]:
+        """Every member as a name server, with the address it is reached at (its DNS host if that
+        is specific, else its Raft host); names that are not IP literals get no glue."""
+        out = []
+        for name in self.config.members:
+            if name == self.config.name:
+                host = self.config.dns[0] if self.config.dns[0] not in ("0.0.0.0", "::") else self.config.raft[0]
+            else:
+                host = self.config.peers[name][0]
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                continue
+            out.append((name, host))
+        return out
+
     # -- status -----------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -432,6 +485,7 @@ class Node:
             "commit": st.commit_index, "applied": self.catalogue.view.applied_index, "last_index": st.last_index,
             "raft": format_hostport(*self.config.raft), "client": format_hostport(*self.config.client),
             "dns": format_hostport(*self.config.dns), "peers": peers,
+            "dns_stats": _dns_summary(self.dns.stats()) if self.dns is not None else None,
         }
 
 
@@ -444,6 +498,12 @@ def _arg(args: dict[str, Any], key: str, kind: type, *, optional: bool = False, 
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValidationError(key, f"argument {key!r} must be {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def _dns_summary(stats: dict[str, Any]) -> dict[str, Any]:
+    keys = ("alive", "answered", "stale", "stale_queries", "dropped", "errors", "qps", "applied_index",
+            "leader_contact_age_s", "error")
+    return {k: stats.get(k) for k in keys if k in stats}
 
 
 def _instance_json(instance: Any) -> dict[str, Any]:

@@ -1,0 +1,210 @@
+"""The feed: frames on the socket pair between a registry agent and its DNS process.
+
+Every frame is a 5-byte header, type (u8) and body length (u32, big-endian), then the body:
+
+    agent -> DNS process
+      ENTRIES  1  records, each: index (u64), kind (u8), data length (u32), data. Committed log
+                  entries, in index order; kind 0 is NORMAL (applied), anything else is skipped.
+      CONTACT  2  known (u8: 0 or 1), at (f64): when the agent last heard from a leader, as
+                  time.monotonic() (NB: CLOCK_MONOTONIC is system-wide, so both processes read
+                  the same clock, and a frame that waited in a buffer is not mistaken for fresh
+                  news); known 0 means no leader is known now, the last contact time stands.
+      RESTORE  3  a catalogue snapshot (``Catalogue.to_bytes()``) that replaces the whole state.
+
+    DNS process -> agent
+      READY   10  JSON {"host": str, "port": int}: both sockets are bound; serving.
+      ERROR   11  JSON {"errno": int | null, "message": str}: could not start (or must stop).
+      STATS   12  JSON object: the latest counters (see ``registry_dns.process``).
+      RESYNC  13  applied index (u64): the process missed entries and needs a RESTORE.
+
+Both sides validate everything they read: an unknown type, a body over ``MAX_BODY_BYTES`` or a
+truncated record raises ``FeedError`` (the stream cannot be trusted any more; never a crash).
+Writers never block: ``FrameQueue`` keeps what the socket did not take and sends it later.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "CONTACT", "ENTRIES", "ERROR", "READY", "RESTORE", "RESYNC", "STATS", "MAX_BODY_BYTES",
+    "FeedError", "FrameQueue", "FrameReader", "decode_contact", "decode_entries", "encode_contact",
+    "encode_entries", "frame",
+]  # fmt: skip
+
+ENTRIES, CONTACT, RESTORE = 1, 2, 3
+READY, ERROR, STATS, RESYNC = 10, 11, 12, 13
+KNOWN_TYPES = frozenset({ENTRIES, CONTACT, RESTORE, READY, ERROR, STATS, RESYNC})
+
+#: The largest body either side accepts (a catalogue snapshot is the largest frame).
+MAX_BODY_BYTES = 1 << 30
+
+_HEADER = struct.Struct("!BI")
+_RECORD = struct.Struct("!QBI")
+_CONTACT = struct.Struct("!Bd")
+_INDEX = struct.Struct("!Q")
+_MAX_IOV = 64
+
+
+class FeedError(ValueError):
+    """Bytes on the feed that are not a valid frame: the stream is corrupt."""
+
+
+def frame(kind: int, body: bytes = b"") -> bytes:
+    assert kind in KNOWN_TYPES and len(body) <= MAX_BODY_BYTES
+    return _HEADER.pack(kind, len(body)) + body
+
+
+def encode_entries(entries: Iterable[tuple[int, int, bytes]]) -> bytes:
+    """One ENTRIES frame (header included) for ``(index, kind, data)`` entries."""
+    parts: list[bytes] = []
+    pack = _RECORD.pack
+    for index, kind, data in entries:
+        parts.append(pack(index, kind, len(data)))
+        parts.append(data)
+    body = b"".join(parts)
+    return _HEADER.pack(ENTRIES, len(body)) + body
+
+
+def decode_entries(body: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """The ``(index, kind, data)`` records of an ENTRIES body; FeedError if one is truncated."""
+    view = memoryview(body)
+    offset, end = 0, len(body)
+    unpack = _RECORD.unpack_from
+    size = _RECORD.size
+    while offset < end:
+        if end - offset < size:
+            raise FeedError(f"truncated entry header at byte {offset} of {end}")
+        index, kind, length = unpack(view, offset)
+        offset += size
+        if end - offset < length:
+            raise FeedError(f"entry {index} claims {length} bytes, {end - offset} left")
+        yield index, kind, bytes(view[offset : offset + length])
+        offset += length
+
+
+def encode_contact(known: bool, at: float) -> bytes:
+    return frame(CONTACT, _CONTACT.pack(1 if known else 0, at))
+
+
+def decode_contact(body: bytes) -> tuple[bool, float]:
+    if len(body) != _CONTACT.size:
+        raise FeedError(f"a CONTACT body is {_CONTACT.size} bytes, got {len(body)}")
+    known, at = _CONTACT.unpack(body)
+    if known not in (0, 1) or at != at:  # NaN
+        raise FeedError(f"invalid CONTACT ({known}, {at})")
+    return bool(known), at
+
+
+def encode_index(index: int) -> bytes:
+    return _INDEX.pack(index)
+
+
+def decode_index(body: bytes) -> int:
+    if len(body) != _INDEX.size:
+        raise FeedError(f"an index body is {_INDEX.size} bytes, got {len(body)}")
+    return int(_INDEX.unpack(body)[0])
+
+
+class FrameReader:
+    """Reassembles frames from a byte stream, any split; validates every header."""
+
+    def __init__(self, accept: frozenset[int] = KNOWN_TYPES) -> None:
+        self._accept = accept
+        self._buffer = bytearray()
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Add ``data``; return every complete (type, body). Raises FeedError on a bad header."""
+        buffer = self._buffer
+        buffer += data
+        frames: list[tuple[int, bytes]] = []
+        start, end = 0, len(buffer)
+        header = _HEADER.size
+        while end - start >= header:
+            kind, length = _HEADER.unpack_from(buffer, start)
+            if kind not in self._accept:
+                raise FeedError(f"unknown frame type {kind}")
+            if length > MAX_BODY_BYTES:
+                raise FeedError(f"frame of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
+            if end - start - header < length:
+                break
+            frames.append((kind, bytes(buffer[start + header : start + header + length])))
+            start += header + length
+        if start:
+            del buffer[:start]
+        return frames
+
+
+class FrameQueue:
+    """Frames waiting to be written to a non-blocking socket, in order, never split or mixed.
+
+    ``push`` adds a frame; ``flush(sock)`` writes as much as the socket takes now. A frame of a
+    ``coalesce`` type replaces a queued, not yet started frame of the same type at the tail
+    (only the latest CONTACT or STATS matters).
+    """
+
+    def __init__(self) -> None:
+        # Invariant: _sent < len(_frames[0]) when _frames is non-empty; _pending == unsent bytes.
+        self._frames: deque[tuple[int, bytes]] = deque()
+        self._sent = 0
+        self._pending = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def push(self, kind: int, data: bytes, *, coalesce: bool = False) -> None:
+        frames = self._frames
+        if coalesce and frames and frames[-1][0] == kind and (len(frames) > 1 or self._sent == 0):
+            self._pending -= len(frames[-1][1])
+            frames.pop()
+        frames.append((kind, data))
+        self._pending += len(data)
+
+    def drop_unsent(self) -> int:
+        """Forget every frame not yet started (a started one is finished). Returns bytes dropped."""
+        frames = self._frames
+        keep = 1 if frames and self._sent else 0
+        dropped = 0
+        while len(frames) > keep:
+            dropped += len(frames.pop()[1])
+        self._pending -= dropped
+        return dropped
+
+    def has_unsent(self, kind: int) -> bool:
+        """True if a frame of this type is queued and not yet started."""
+        for i, (k, _) in enumerate(self._frames):
+            if k == kind and (i > 0 or self._sent == 0):
+                return True
+        return False
+
+    def flush(self, sock: socket.socket) -> bool:
+        """Write what the socket takes without blocking. True when nothing is left.
+
+        Raises OSError (BrokenPipeError, ConnectionResetError, ...) if the peer is gone.
+        """
+        frames = self._frames
+        while frames:
+            buffers = [memoryview(frames[0][1])[self._sent :]]
+            for i in range(1, min(len(frames), _MAX_IOV)):
+                buffers.append(frames[i][1])
+            try:
+                sent = sock.sendmsg(buffers, [], socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            self._pending -= sent
+            sent += self._sent
+            while frames and sent >= len(frames[0][1]):
+                sent -= len(frames.popleft()[1])
+            self._sent = sent
+        return True
