@@ -201,7 +201,8 @@ class PeerStatus:
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     """A node's answer to ``status``; ``server`` is the client address that was asked.
-    ``peers`` is filled only on the leader."""
+    ``peers`` has every peer's last contact; its replication progress only on the leader.
+    ``dns_stats`` is the node's DNS process counters (answered, stale, stale_queries, ...)."""
 
     server: str
     node: str
@@ -216,6 +217,7 @@ class NodeStatus:
     client: str
     dns: str
     peers: Mapping[str, PeerStatus] = field(default_factory=dict)
+    dns_stats: Mapping[str, Any] | None = None
 
 
 # Result parsers: a reply of the wrong shape raises ValueError, and counts as a failed attempt.
@@ -316,6 +318,7 @@ def _parse_status(result: Any, server: str) -> NodeStatus:
         client=_str(r["client"], "client"),
         dns=_str(r["dns"], "dns"),
         peers=peers,
+        dns_stats=_map(r["dns_stats"], "dns_stats") if r.get("dns_stats") is not None else None,
     )
 
 

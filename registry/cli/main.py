@@ -498,6 +498,17 @@ def services(
     _echo_table(("SERVICE", "ID", "ADDRESS", "PORT", "TAGS", "META"), rows)
 
 
+def _dns_state(status: NodeStatus) -> str:
+    """'ok', or 'STALE' while the node answers SERVFAIL for lack of a leader, with the count."""
+    dns = status.dns_stats
+    if not dns:
+        return "-"
+    if not dns.get("alive", True):
+        return "down"
+    state = "STALE" if dns.get("stale") else "ok"
+    return f"{state} ({dns.get('stale_queries', 0)} servfail)"
+
+
 def _last_contact(status: NodeStatus, leader: NodeStatus | None) -> str:
     if leader is None:
         return "?"
@@ -537,10 +548,10 @@ def status(
             for server, r in zip(client.servers, results, strict=True)
         ])  # fmt: skip
     else:
-        header = ("SERVER", "NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST CONTACT")
+        header = ("SERVER", "NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST CONTACT", "DNS")
         rows = [
             (r.server, r.node, r.role, str(r.term), r.leader or "-", str(r.commit), str(r.applied),
-             _last_contact(r, leader))
+             _last_contact(r, leader), _dns_state(r))
             if isinstance(r, NodeStatus)
             else (server, f"error: {_reason(r)}")
             for server, r in zip(client.servers, results, strict=True)

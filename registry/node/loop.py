@@ -144,7 +144,7 @@ class Node:
         self._read_ids = itertools.count(1)
         self._role = Role.FOLLOWER
         self._leader = NodeId(0)
-        self.log.info("started: %s; restored %d log entries, term %d, commit %d", config.describe(),
+        self.log.info("started: %s; restored the log up to index %d, term %d, commit %d", config.describe(),
                       state.entries[-1].index if state.entries else 0, state.hard_state.term,
                       state.hard_state.commit)
 

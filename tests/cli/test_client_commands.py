@@ -258,18 +258,21 @@ LEADER_PEERS = {
 
 
 def test_status_prints_one_row_per_server_with_the_leaders_view(fake) -> None:
-    """Each answering server's row has its role, term, leader, indexes and the leader's last
-    contact with it; a server that does not answer gets its error; exit 0."""
-    leader = fake(_node("n1", "leader", peers=LEADER_PEERS))
-    follower = fake(_node("n2", "follower"))
+    """Each answering server's row has its role, term, leader, indexes, the leader's last
+    contact with it and its DNS state; a server that does not answer gets its error; exit 0."""
+    leader = fake(_node("n1", "leader", peers=LEADER_PEERS,
+                        dns_stats={"alive": True, "stale": False, "stale_queries": 0}))
+    follower = fake(_node("n2", "follower", dns_stats={"alive": True, "stale": True, "stale_queries": 7}))
     mute = fake(silent)
     result = run("status", *FAST, servers=[leader, follower, mute])
     assert result.exit_code == 0, result.output
     header, *rows = result.stdout.splitlines()
     assert header.split()[:7] == ["SERVER", "NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"]
-    assert rows[0].split() == [leader.address, "n1", "leader", "3", "n1", "10", "10", "-"]
+    assert header.split()[-1] == "DNS"
+    assert rows[0].split() == [leader.address, "n1", "leader", "3", "n1", "10", "10", "-",
+                               "ok", "(0", "servfail)"]  # fmt: skip
     assert rows[1].split() == [follower.address, "n2", "follower", "3", "n1", "10", "10",
-                               "15", "ms", "ago"]  # fmt: skip
+                               "15", "ms", "ago", "STALE", "(7", "servfail)"]  # fmt: skip
     assert rows[2].startswith(mute.address) and "error: no reply" in rows[2]
 
 
@@ -282,6 +285,7 @@ def test_status_json_parses(fake) -> None:
     first, second = json.loads(result.stdout)
     assert (first["server"], first["node"], first["role"]) == (leader.address, "n1", "leader")
     assert first["peers"]["n2"]["last_contact_ms"] == 15
+    assert first["dns_stats"] is None  # this fake node reports no DNS counters
     assert second == {"server": stopping.address,
                       "error": {"code": "stopping", "message": "stopping: shutting down"}}
 

@@ -159,6 +159,29 @@ class Agent:
             return "never started"
         return "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
 
+    @property
+    def dns_address(self) -> tuple[str, int]:
+        """(host, port) of this agent's DNS responder (the same port for UDP and TCP)."""
+        host, _, port = self.dns.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def dns_child_pid(self) -> int | None:
+        """The pid of this agent's DNS child process (``registry_dns.process``), or None (Linux /proc)."""
+        if not self.alive:
+            return None
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == self.pid and fields[0] != "Z" and b"registry_dns.process" in cmdline:
+                return int(entry.name)
+        return None
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -239,6 +262,10 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def dns_addresses(self) -> dict[str, tuple[str, int]]:
+        """Every agent's DNS (host, port), by name."""
+        return {name: agent.dns_address for name, agent in self.agents.items()}
 
     def tails(self, lines: int = 40) -> str:
         out = []

@@ -49,6 +49,19 @@ def make_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
 
 
 @pytest.fixture
+def attach_cluster_logs(request: pytest.FixtureRequest) -> Callable[[Cluster], Cluster]:
+    """``attach_cluster_logs(cluster)``: add the node logs of a cluster made elsewhere (e.g. by a
+    module-scoped fixture) to this test's report if it fails; returns the cluster. NB: use it
+    instead of ``make_cluster`` in a test, not with it (``make_cluster`` sets the test's list)."""
+
+    def attach(cluster: Cluster) -> Cluster:
+        request.node.stash.setdefault(_CLUSTERS, []).append(cluster)
+        return cluster
+
+    return attach
+
+
+@pytest.fixture
 def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
     """A started 3-node cluster with an agreed leader."""
     return make_cluster(3)
