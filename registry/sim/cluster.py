@@ -424,7 +424,7 @@ class Simulation:
                 a, b = rng.sample(ids, 2)
                 blocked.add((a, b))
         else:  # bridge: two halves that each see only the middle node
-            middle, rest = ids[0], ids[1:]
+            rest = ids[1:]  # ids[0] is the middle node: it keeps its links to both halves
             half = len(rest) // 2
             cut(rest[:half], rest[half:])
         self.network.blocked = blocked

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from registry.raft import (
     Config,
     Entry,
+    EntryKind,
     HardState,
     Index,
     InitialState,
@@ -24,6 +25,7 @@ from registry.raft import (
     ReadState,
     Role,
     SnapshotMeta,
+    Term,
 )
 from registry.raft.core import Raft
 
@@ -41,6 +43,25 @@ class Disk:
             self.entries.extend(entries)
         if hard_state is not None:
             self.hard_state = hard_state
+
+
+def run(first: int, terms: list[int]) -> list[Entry]:
+    """Entries with the given terms, at indexes first, first+1, ..."""
+    return [Entry(Term(t), Index(first + k)) for k, t in enumerate(terms)]
+
+
+def normal_data(entries: list[Entry]) -> list[bytes]:
+    return [e.data for e in entries if e.kind is EntryKind.NORMAL]
+
+
+def settle(c: Cluster, keep: Callable[[Message], bool], rounds: int = 200) -> None:
+    """Like Cluster.stabilize, but drop every message for which `keep` is false."""
+    for _ in range(rounds):
+        c.process_all()
+        if not c.pending:
+            return
+        c.deliver(keep)
+    raise AssertionError("cluster did not settle")
 
 
 class Cluster:

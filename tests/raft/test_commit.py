@@ -12,8 +12,6 @@ from collections.abc import Callable
 
 from registry.raft import (
     AppendEntries,
-    Entry,
-    EntryKind,
     HardState,
     Heartbeat,
     Index,
@@ -24,29 +22,11 @@ from registry.raft import (
     Term,
 )
 
-from .env import Cluster
-
-
-def run(first: int, terms: list[int]) -> list[Entry]:
-    return [Entry(Term(t), Index(first + k)) for k, t in enumerate(terms)]
-
-
-def settle(c: Cluster, keep: Callable[[Message], bool], rounds: int = 200) -> None:
-    """Like Cluster.stabilize, but drop every message for which `keep` is false."""
-    for _ in range(rounds):
-        c.process_all()
-        if not c.pending:
-            return
-        c.deliver(keep)
-    raise AssertionError("cluster did not settle")
+from .env import Cluster, run, settle, normal_data
 
 
 def commit(c: Cluster, node: int) -> int:
     return c.raft(node).log.commit_index
-
-
-def normal_data(entries: list[Entry]) -> list[bytes]:
-    return [e.data for e in entries if e.kind is EntryKind.NORMAL]
 
 
 def applied_pairs(c: Cluster, node: int) -> list[tuple[int, int]]:

@@ -30,14 +30,11 @@ from registry.raft.types import ENTRY_OVERHEAD_BYTES
 
 MEMBERS = Membership(frozenset({NodeId(1), NodeId(2), NodeId(3)}))
 
+from .env import run
+
 
 def snap(index: int = 0, term: int = 0) -> SnapshotMeta:
     return SnapshotMeta(Index(index), Term(term), MEMBERS)
-
-
-def run(first: int, terms: list[int]) -> list[Entry]:
-    """Entries with consecutive indexes from `first`, one per term in `terms`."""
-    return [Entry(Term(t), Index(first + k)) for k, t in enumerate(terms)]
 
 
 def make_log(terms: list[int], *, snapshot_index: int = 0, snapshot_term: int = 0, commit: int = 0,

@@ -7,18 +7,15 @@ control (probe, replicate, byte cap) and recovery from lost messages.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from registry.raft import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
-    EntryKind,
     HardState,
     Heartbeat,
     Index,
     Membership,
-    Message,
     NodeId,
     ProgressState,
     RawNode,
@@ -28,11 +25,7 @@ from registry.raft import (
 )
 from registry.raft.types import ENTRY_OVERHEAD_BYTES
 
-from .env import Cluster
-
-
-def run(first: int, terms: list[int]) -> list[Entry]:
-    return [Entry(Term(t), Index(first + k)) for k, t in enumerate(terms)]
+from .env import Cluster, run, normal_data
 
 
 def elect(c: Cluster, node: int) -> None:
@@ -45,16 +38,6 @@ def elect(c: Cluster, node: int) -> None:
         if c.raft(node).role is Role.LEADER:
             return
     raise AssertionError(f"node {node} did not win")
-
-
-def settle(c: Cluster, keep: Callable[[Message], bool], rounds: int = 200) -> None:
-    """Like Cluster.stabilize, but drop every message for which `keep` is false."""
-    for _ in range(rounds):
-        c.process_all()
-        if not c.pending:
-            return
-        c.deliver(keep)
-    raise AssertionError("cluster did not settle")
 
 
 def appends(c: Cluster, *, target: int, since: int = 0) -> list[AppendEntries]:
@@ -82,10 +65,6 @@ def follower(terms: list[int], *, term: int, commit: int) -> tuple[Cluster, RawN
 def app(prev_index: int, prev_term: int, entries: list[Entry], *, term: int, commit: int = 0) -> AppendEntries:
     return AppendEntries(NodeId(1), NodeId(2), Term(term), Index(prev_index), Term(prev_term), tuple(entries),
                          Index(commit))
-
-
-def normal_data(entries: list[Entry]) -> list[bytes]:
-    return [e.data for e in entries if e.kind is EntryKind.NORMAL]
 
 
 # -- §5.3: the basic path -------------------------------------------------------------------------
