@@ -14,7 +14,10 @@ for those names, round-robin:
   on a two-core machine it and the DNS process get one core each, so it may be the limit.
 - **dnsperf** (if installed: ``apt-get install -y dnsperf``): the same names, ``-q`` --window,
   then again limited to half the measured rate (``-Q``) to check the loss there (target < 1%).
-  dnsperf 2.10 prints average latency only; the percentiles come from the builtin run.
+  dnsperf 2.10 prints average latency only; run with ``-v`` (one line per answer), its output
+  gives p50/p99 too.
+
+bench/dns_cluster.py reuses ``builtin_load`` and ``dnsperf_load`` against a real 3-node cluster.
 
 The responder is ``registry_dns.resolver:Responder`` when it exists, else ``CachedResponder``
 below, a stand-in with the designed fast path (a reply encoded once per question and catalogue
@@ -25,16 +28,21 @@ server loop, the process and that path. --responder picks another ("module:calla
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib.util
 import json
+import math
 import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,30 @@ from registry.catalogue import CatalogueView, Register, Request, encode_request 
 from registry_dns.process import DnsProcess  # noqa: E402
 
 HOST = "127.0.0.1"
+LOADGENS: set[subprocess.Popen[bytes]] = set()  # dnsperf processes running now, and
+DATAFILES: set[str] = set()  # their query files: cleanup() removes both (a thread may be cut short)
+
+try:  # NB: loaded here, so that the child between fork and exec only calls a function
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In dnsperf: SIGTERM when the thread that started it dies (Linux PR_SET_PDEATHSIG)."""
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGTERM))
+
+
+def cleanup() -> None:
+    """Kill the dnsperf processes still running and remove their query files (on Ctrl-C)."""
+    for proc in list(LOADGENS):
+        with contextlib.suppress(OSError):
+            proc.kill()
+    for path in list(DATAFILES):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    DATAFILES.clear()
 
 
 class CachedResponder:
@@ -227,31 +259,78 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def dnsperf_load(port: int, qnames: list[str], seconds: float, window: int, max_qps: int | None = None) -> dict[str, Any]:
+def dnsperf_load(port: int, qnames: list[str], seconds: float, window: int, max_qps: int | None = None,
+                 *, host: str | None = None) -> dict[str, Any]:
+    """dnsperf, UDP, ``window`` queries outstanding (and at most ``max_qps`` per second if given).
+
+    Runs it with ``-v``, which prints one line per answer with its latency (dnsperf 2.10 has no
+    percentiles of its own; the lines cost it no rate visible above this machine's noise), into a
+    temporary file: p50/p99 are nearest-rank over every answer. ``cpu_s`` is dnsperf's own CPU
+    time (from wait4), so that a caller can tell when the load generator is the limit.
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        DATAFILES.add(f.name)
         f.write("".join(f"{q} A\n" for q in qnames))
         datafile = f.name
+    cmd = ["dnsperf", "-s", host or HOST, "-p", str(port), "-d", datafile, "-l", str(seconds), "-q", str(window),
+           "-c", "4", "-T", "1", "-t", "1", "-v"]
+    if max_qps:
+        cmd += ["-Q", str(max_qps)]
+    out_file = tempfile.TemporaryFile("w+")
     try:
-        cmd = ["dnsperf", "-s", HOST, "-p", str(port), "-d", datafile, "-l", str(seconds), "-q", str(window),
-               "-c", "4", "-T", "1", "-t", "1"]
-        if max_qps:
-            cmd += ["-Q", str(max_qps)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)
+        LOADGENS.add(proc)
+        watchdog = threading.Timer(seconds + 30, proc.kill)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # NB: wait4, not wait: dnsperf's CPU time too
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            watchdog.cancel()
+            LOADGENS.discard(proc)
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        out_file.seek(0)
+        latencies: list[float] = []
+        summary: list[str] = []
+        for line in out_file:
+            if line.startswith("> "):
+                with contextlib.suppress(ValueError, IndexError):
+                    latencies.append(float(line.rsplit(None, 1)[1]))
+            elif not line.startswith("["):
+                summary.append(line)
+        out = "".join(summary)
     finally:
-        os.unlink(datafile)
+        out_file.close()
+        with contextlib.suppress(OSError):  # cleanup() may have removed it
+            os.unlink(datafile)
+        DATAFILES.discard(datafile)
 
     def num(label: str) -> float:
         m = re.search(rf"{label}:\s+([\d.]+)", out)
         return float(m.group(1)) if m else float("nan")
 
     sent, completed, lost = num("Queries sent"), num("Queries completed"), num("Queries lost")
+    if sent != sent:  # NaN: no statistics (dnsperf failed)
+        raise RuntimeError(f"dnsperf failed (exit status {proc.returncode}): {' '.join(cmd)}\n{out[-2000:]}")
     m = re.search(r"Average Latency \(s\):\s+([\d.]+) \(min ([\d.]+), max ([\d.]+)\)", out)
+    codes = re.search(r"Response codes:\s+(.*)", out)
+    rcodes = {k: int(v) for k, v in re.findall(r"([A-Z]+) (\d+) \(", codes.group(1))} if codes else {}
+    latencies.sort()
+
+    def pct(p: float) -> float | None:  # nearest rank, as bench/writes.py's Latencies
+        return round(latencies[max(1, math.ceil(p * len(latencies))) - 1] * 1000, 3) if latencies else None
+
     return {
         "tool": "dnsperf", "seconds": seconds, "window": window, "max_qps": max_qps, "sent": int(sent),
         "answered": int(completed), "lost": int(lost), "loss_pct": round(100 * lost / sent, 3) if sent else 0.0,
-        "qps": round(num("Queries per second")),
+        "qps": round(num("Queries per second")), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
         "avg_ms": round(float(m.group(1)) * 1000, 3) if m else None,
         "max_ms": round(float(m.group(3)) * 1000, 3) if m else None,
+        "error_rcodes": sum(n for code, n in rcodes.items() if code != "NOERROR"), "rcodes": rcodes,
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
     }  # fmt: skip
 
 
@@ -311,6 +390,7 @@ def main() -> int:
                                 "dropped": stats.get("dropped"), "send_errors": stats.get("send_errors"),
                                 "responder": responder})
     finally:
+        cleanup()
         for _, _, _, process in runs:
             if process is not None:
                 process.stop()
