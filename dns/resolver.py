@@ -118,6 +118,7 @@ _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_START = b"\x00\x00\x29"                  # root owner name, type OPT
 _EDNS_V0 = b"\x00\x00"                        # extended rcode 0, version 0
 _IN = CLASS_IN.to_bytes(2, "big")
+_AA_BIT = 0x04  # in the third octet of the header
 _SOA_SERIAL_FROM_END = 20                     # serial, refresh, retry, expire, minimum: 5 x u32
 _NO_EDNS = -1                                 # value of ``do`` for a query without OPT
 
@@ -348,6 +349,22 @@ class Responder:
             return b"".join((ident, v[0][flag_index], v[1], question, v[3]))
         return b"".join((ident, v[0][flag_index], v[2], question, v[3], self._opt[do]))
 
+    def _error_with_soa(self, ident: bytes, octet2: int, octet3: int, rcode: int, question: bytes | None,
+                        opt: bytes | None) -> bytes:
+        """REFUSED, NOTIMP or FORMERR as the issue asks of every negative and error answer: AA set
+        and the apex SOA in the authority section, so the reply names the state it came from."""
+        reply = error_reply(ident, octet2, octet3, rcode, question, None)
+        buffer = DNSBuffer(reply)
+        buffer.offset = len(reply)  # NB: names in the SOA compress against offsets in this reply
+        self._zone.soa(self._view.applied_index & 0xFFFFFFFF, negative=True).pack(buffer)
+        body = bytearray(buffer.data)
+        body[2] |= _AA_BIT
+        body[8:10] = b"\x00\x01"  # NSCOUNT
+        if opt is not None:
+            body[10:12] = b"\x00\x01"  # ARCOUNT
+            body += opt
+        return bytes(body)
+
     # -- everything the fast path declines ---------------------------------------------------------
 
     def _slow(self, packet: bytes, tcp: bool, stale: bool) -> bytes | None:
@@ -362,10 +379,12 @@ class Responder:
         ident, octet2, octet3 = packet[:2], packet[2], packet[3]
         if octet2 & 0x78:                               # opcode other than QUERY (RFC 1035 §4.1.1)
             counters["notimp"] += 1
+            # NB: no SOA here: other opcodes give the sections other meanings (UPDATE's authority
+            # section holds the update itself), so only the header and the rcode are safe to send.
             return error_reply(ident, octet2, octet3, NOTIMP, None, None)
         if packet[4:6] != b"\x00\x01":                  # QDCOUNT != 1 (RFC 9619)
             counters["formerr"] += 1
-            return error_reply(ident, octet2, octet3, FORMERR, None, None)
+            return self._error_with_soa(ident, octet2, octet3, FORMERR, None, None)
         try:
             record = DNSRecord.parse(packet)
             question = record.questions[0]
@@ -378,13 +397,13 @@ class Responder:
                 counters["dropped_malformed"] += 1
                 return None
             counters["formerr"] += 1                    # the question is readable, the rest is not
-            return error_reply(ident, octet2, octet3, FORMERR, packet[HEADER_LEN : end + 4], None)
+            return self._error_with_soa(ident, octet2, octet3, FORMERR, packet[HEADER_LEN : end + 4], None)
         if split_name(name) is None:
             if any(len(label) > MAX_LABEL for label in labels):   # an extended label type: unreadable
                 counters["dropped_malformed"] += 1
                 return None
             counters["formerr"] += 1                    # longer than 255 octets: too long to echo
-            return error_reply(ident, octet2, octet3, FORMERR, None, None)
+            return self._error_with_soa(ident, octet2, octet3, FORMERR, None, None)
         # RFC 6891 §6.1.1: at most one OPT, in the additional section, owned by the root.
         opts = [rr for rr in record.ar if rr.rtype == T_OPT]
         if (
@@ -394,7 +413,7 @@ class Responder:
             or any(rr.rtype == T_OPT for rr in record.auth)
         ):
             counters["formerr"] += 1
-            return error_reply(ident, octet2, octet3, FORMERR, q, None)
+            return self._error_with_soa(ident, octet2, octet3, FORMERR, q, None)
         do, bufsize = _NO_EDNS, 0
         if opts:
             do = 0x80 if opts[0].ttl & 0x8000 else 0
@@ -423,11 +442,11 @@ class Responder:
         counters = self.counters
         if key[-2:] != _IN or not self._zone.contains(labels):
             counters["refused"] += 1                    # not ours; we never recurse (RA clear)
-            return error_reply(ident, octet2, octet3, REFUSED, question, None if do < 0 else self._opt[do])
+            return self._error_with_soa(ident, octet2, octet3, REFUSED, question, None if do < 0 else self._opt[do])
         qtype = key[-4] << 8 | key[-3]
         if qtype == T_AXFR or qtype == T_IXFR:
             counters["notimp"] += 1
-            return error_reply(ident, octet2, octet3, NOTIMP, question, None if do < 0 else self._opt[do])
+            return self._error_with_soa(ident, octet2, octet3, NOTIMP, question, None if do < 0 else self._opt[do])
         if stale:
             counters["servfail_stale"] += 1
             return error_reply(ident, octet2, octet3, SERVFAIL, question, None if do < 0 else self._stale_opt[do])

@@ -71,11 +71,14 @@ def test_service_tree_is_nxdomain_once_no_service_exists() -> None:
 
 @pytest.mark.parametrize("name", ["example.com.", "registry.example.", ".", "xregistry."])
 def test_refused_outside_the_zone_without_recursion(name: str) -> None:
-    """REFUSED, RA clear, no AA and no SOA: we are not authoritative there, and never recurse."""
+    """REFUSED, RA clear (we never recurse), and, as the issue asks of every negative and error
+    answer, AA set with our apex SOA in the authority section (naming the state it came from)."""
     reply = ask(responder(), name, "A", edns=0)
     assert rcode(reply) == "REFUSED"
-    assert not reply.flags & (dns.flags.RA | dns.flags.AA)
-    assert not reply.answer and not reply.authority
+    assert not reply.flags & dns.flags.RA and reply.flags & dns.flags.AA
+    assert not reply.answer
+    assert [(rrset.name.to_text(), dns.rdatatype.to_text(rrset.rdtype)) for rrset in reply.authority] == [
+        ("registry.", "SOA")]
     assert reply.edns == 0                                      # OPT echoed
 
 
@@ -93,6 +96,7 @@ def test_notimp_for_zone_transfers(rdtype: str) -> None:
     for tcp in (False, True):
         reply = ask(r, "registry.", rdtype, tcp=tcp)
         assert rcode(reply) == "NOTIMP"
+        assert reply.flags & dns.flags.AA and reply.authority[0].rdtype == dns.rdatatype.SOA
     assert r.counters["notimp"] == 2
 
 
@@ -105,6 +109,7 @@ def test_notimp_for_opcodes_other_than_query(opcode: int) -> None:
     assert wire is not None
     reply = dns.message.from_wire(wire)
     assert reply.id == 77 and reply.opcode() == opcode and rcode(reply) == "NOTIMP"
+    assert not reply.authority  # other opcodes give the sections other meanings: header only
 
 
 @pytest.mark.parametrize("qd", [0, 2])
@@ -125,6 +130,7 @@ def test_formerr_when_the_question_is_readable_but_the_rest_is_not() -> None:
     assert wire is not None
     reply = dns.message.from_wire(wire)
     assert rcode(reply) == "FORMERR" and reply.question[0].name.to_text() == "web.service.registry."
+    assert reply.flags & dns.flags.AA and reply.authority[0].rdtype == dns.rdatatype.SOA
 
 
 def test_formerr_for_two_opt_records() -> None:
