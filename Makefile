@@ -10,7 +10,38 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# System packages: installed with apt-get when running as root (as CI does), else named.
+# Each entry is COMMAND-or-PYTHON-MODULE:PACKAGE.
+UP_NEEDS := py:venv:python3-venv py:ensurepip:python3-venv
+TEST_NEEDS := $(UP_NEEDS) cmd:dig:bind9-dnsutils
+
+define ensure_packages
+	@missing=""; \
+	for need in $(1); do \
+	  kind=$${need%%:*}; rest=$${need#*:}; what=$${rest%%:*}; pkg=$${rest#*:}; \
+	  if [ "$$kind" = py ]; then $(PYTHON) -c "import $$what" 2>/dev/null && continue; \
+	  else command -v "$$what" >/dev/null 2>&1 && continue; fi; \
+	  case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing </dev/null; \
+	  else \
+	    echo "missing system packages:$$missing; install them with: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+endef
+
+.PHONY: up-deps test-deps
+up-deps:
+	$(call ensure_packages,$(UP_NEEDS))
+
+test-deps:
+	$(call ensure_packages,$(TEST_NEEDS))
+
 $(STAMP): pyproject.toml
+	$(MAKE) --no-print-directory up-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip 'setuptools>=68'
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
@@ -21,7 +52,7 @@ $(STAMP): pyproject.toml
 up: venv
 	$(BIN)/registry up --nodes 3 --data-dir .registry
 
-test: venv
+test: venv test-deps
 	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
 
 # Removes the virtual environment too.
