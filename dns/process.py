@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from registry.catalogue import MAX_SESSIONS, Catalogue, SnapshotError
+from registry.logformat import configure as configure_logging
 
 from .feed import (
     CONTACT,
@@ -728,8 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=0)
     parser.add_argument("--config", required=True, help="JSON settings (written by DnsProcess)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s dns[{os.getpid()}] %(message)s")
+    configure_logging(logging.INFO, tag=f"dns[{os.getpid()}]")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_parent_death_signal(args.parent_pid)
     feed = socket.socket(fileno=args.fd)

@@ -13,8 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-
 
 def agent(
     name: Annotated[str | None, typer.Option(help="This node's name (permanent; its Raft id derives from it).")] = None,
@@ -37,10 +35,11 @@ def agent(
         help="Answer SERVFAIL after this many seconds without a leader (default 30).")] = None,
 ) -> None:
     """Run one registry node in the foreground until SIGTERM or SIGINT."""
+    from registry.logformat import configure as configure_logging
     from registry.node import ConfigError, Node
     from registry.node.config import build, load_file
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(logging.INFO)
     try:
         settings: dict[str, Any] = load_file(config) if config is not None else {}
         flags = {"name": name, "data_dir": data_dir, "raft": raft, "client": client, "dns": dns,
@@ -48,6 +47,9 @@ def agent(
                  "election_ticks": election_ticks, "max_db_bytes": max_db_bytes, "dns_ttl_s": dns_ttl,
                  "dns_negative_ttl_s": dns_negative_ttl, "dns_max_udp": dns_max_udp,
                  "dns_max_stale_s": dns_max_stale}
+        if peer:  # --peer replaces the file's peers, whichever key spells them
+            settings.pop("peers", None)
+            settings.pop("peer", None)
         settings.update({k: v for k, v in flags.items() if v is not None})  # flags override the file
         node_config = build(settings)
     except ConfigError as exc:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 import registry
-from registry.cli import cluster_cmds
+from registry.cli import cluster_cmds, config_cmds
 from registry.naming import AddressError, parse_hostport
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def _root(
 
 app.command()(cluster_cmds.agent)
 app.command()(cluster_cmds.up)
+app.add_typer(config_cmds.config_app, name="config")
 
 
 @app.command()

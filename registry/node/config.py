@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from registry.naming import AddressError, format_hostport, parse_hostport, validate_node_name
@@ -89,6 +90,158 @@ def parse_peer(text: str) -> tuple[str, tuple[str, int]]:
         raise ConfigError(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a setting: its key and what is wrong, with what is accepted."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+REQUIRED_KEYS = ("name", "data_dir", "raft", "client", "dns")
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def _int_range(low: int, high: int | None, unit: str = "") -> Any:
+    accepted = f"an integer {low}-{high}{unit}" if high is not None else f"an integer >= {low}{unit}"
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"must be {accepted}, got {value!r} ({type(value).__name__})"
+        if value < low or (high is not None and value > high):
+            return f"must be {accepted}, got {value}"
+        return None
+    return check
+
+
+def _positive_number(unit: str) -> Any:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"must be a positive number of {unit}, got {value!r} ({type(value).__name__})"
+        if not (value > 0 and math.isfinite(value)):
+            return f"must be a positive number of {unit}, got {value}"
+        return None
+    return check
+
+
+def _string(accepted: str, extra: Any = None) -> Any:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, (str, PurePath)) or not str(value):
+            return f"must be {accepted}, got {value!r}"
+        return extra(str(value)) if extra is not None else None
+    return check
+
+
+def _node_name(value: str) -> str | None:
+    try:
+        validate_node_name(value)
+    except AddressError as exc:
+        return str(exc)
+    return None
+
+
+def _address(key: str) -> Any:
+    def check(value: str) -> str | None:
+        try:
+            parse_hostport(value, what=f"{key} address")
+        except AddressError as exc:
+            return str(exc)
+        return None
+    return check
+
+
+_CHECKS: dict[str, Any] = {
+    "name": _string("a node name (1-63 letters, digits, '.', '_' or '-', starting with a letter or digit)",
+                    _node_name),
+    "data_dir": _string("a directory path"),
+    "raft": _string("HOST:PORT, e.g. 127.0.0.1:7001 or [::1]:7001", _address("raft")),
+    "client": _string("HOST:PORT, e.g. 127.0.0.1:7101 or [::1]:7101", _address("client")),
+    "dns": _string("HOST:PORT, e.g. 0.0.0.0:53 or 127.0.0.1:8600", _address("dns")),
+    "domain": _string("a DNS domain, e.g. registry"),
+    "cluster_id": _string("a string (default: derived from the members' names)"),
+    "tick_interval_ms": _int_range(1, 10_000, " (milliseconds)"),
+    "election_ticks": _int_range(2, None, " (ticks), larger than heartbeat_ticks"),
+    "heartbeat_ticks": _int_range(1, None, " (ticks), smaller than election_ticks"),
+    "request_timeout_s": _positive_number("seconds"),
+    "max_db_bytes": _int_range(1024**2, None, " (bytes; at least 1 MiB)"),
+    "dns_ttl_s": _int_range(0, 86400, " (seconds)"),
+    "dns_negative_ttl_s": _int_range(0, 86400, " (seconds)"),
+    "dns_max_udp": _int_range(512, 65535, " (bytes)"),
+    "dns_max_stale_s": _positive_number("seconds"),
+}
+_PEERS_ACCEPTED = ('a list of "NAME=HOST:PORT" strings, e.g. ["n2=10.0.0.2:7001"], '
+                   'or a table NAME = "HOST:PORT"')
+
+
+def _check_peers(value: Any, key: str, own_name: Any) -> tuple[list[Problem], dict[str, tuple[str, int]]]:
+    problems: list[Problem] = []
+    peers: dict[str, tuple[str, int]] = {}
+    if isinstance(value, Mapping):
+        items = [f"{k}={v}" if isinstance(v, str) else None for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [v if isinstance(v, str) else None for v in value]
+    else:
+        return [Problem(key, f"must be {_PEERS_ACCEPTED}, got {value!r}")], peers
+    for item in items:
+        if item is None:
+            problems.append(Problem(key, f"every peer must be a NAME=HOST:PORT string; accepted: {_PEERS_ACCEPTED}"))
+            continue
+        try:
+            name, address = parse_peer(item)
+        except ConfigError as exc:
+            problems.append(Problem(key, str(exc)))
+            continue
+        if name in peers:
+            problems.append(Problem(key, f"peer {name} is listed twice; each other member once"))
+        elif name == own_name:
+            problems.append(Problem(key, f"names this node itself ({name}); list only the other members"))
+        peers[name] = address
+    return problems, peers
+
+
+def check_settings(settings: Mapping[str, Any]) -> list[Problem]:
+    """Every problem with these settings (keys as in the file: '_', not '-'), not just the first:
+    unknown keys, types, ranges, addresses, peers, missing required keys, and the rules between keys."""
+    problems: list[Problem] = []
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if key in ("peer", "peers"):
+            problems += _check_peers(value, key, settings.get("name"))[0]
+        elif key not in _CHECKS:
+            problems.append(Problem(key, "unknown key; accepted: " + ", ".join(sorted(FILE_KEYS))))
+        else:
+            message = _CHECKS[key](value)
+            if message is not None:
+                problems.append(Problem(key, message))
+    if settings.get("peer") is not None and settings.get("peers") is not None:
+        problems.append(Problem("peers", "give the peers once, as either 'peer' or 'peers'"))
+    for key in REQUIRED_KEYS:
+        if settings.get(key) is None or settings.get(key) == "":
+            problems.append(Problem(key, "missing (required; in the file or as --" + key.replace("_", "-") + ")"))
+    bad = {p.key for p in problems}
+    election = settings.get("election_ticks", 10)
+    heartbeat = settings.get("heartbeat_ticks", 1)
+    if not bad & {"election_ticks", "heartbeat_ticks"} and election is not None and heartbeat is not None \
+            and not heartbeat < election:
+        problems.append(Problem("election_ticks", f"must be larger than heartbeat_ticks ({heartbeat}), got {election}"))
+    bound: dict[str, tuple[str, int]] = {}
+    for key in ("raft", "client", "dns"):
+        if key not in bad and isinstance(settings.get(key), str):
+            bound[key] = parse_hostport(settings[key])
+    keys = list(bound)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            (host_a, port_a), (host_b, port_b) = bound[a], bound[b]
+            if port_a == port_b and (host_a == host_b or {host_a, host_b} & _WILDCARD_HOSTS):
+                problems.append(Problem(b, f"{format_hostport(host_b, port_b)} is also the {a} address; "
+                                           "raft, client and dns need distinct ports"))
+    return problems
+
+
 def load_file(path: Path) -> dict[str, Any]:
     """Read a TOML config file into the agent's settings (keys as flags, '-' or '_')."""
     try:
@@ -96,20 +249,30 @@ def load_file(path: Path) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     out: dict[str, Any] = {}
+    unknown = []
     for key, value in raw.items():
         norm = key.replace("-", "_")
         if norm not in FILE_KEYS:
-            raise ConfigError(f"{path}: unknown key {key!r}; accepted: {', '.join(sorted(FILE_KEYS))}")
+            unknown.append(key)
         out[norm] = value
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                          f"accepted: {', '.join(sorted(FILE_KEYS))}")
     return out
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The file's settings, keys normalised ('-' as '_'), unknown keys kept (for check_settings).
+    Raises OSError if it cannot be read, tomllib.TOMLDecodeError if it is not TOML."""
+    return {key.replace("-", "_"): value for key, value in tomllib.loads(path.read_text()).items()}
 
 
 def build(settings: Mapping[str, Any]) -> NodeConfig:
     """Make a NodeConfig from flag/file settings (strings as a user writes them)."""
     s = dict(settings)
-    missing = [k for k in ("name", "data_dir", "raft", "client", "dns") if not s.get(k)]
-    if missing:
-        raise ConfigError("missing required setting(s): " + ", ".join("--" + k.replace("_", "-") for k in missing))
+    problems = check_settings(s)
+    if problems:
+        raise ConfigError("; ".join(map(str, problems)))
     peers_in = s.pop("peer", None) or s.pop("peers", None) or []
     if isinstance(peers_in, Mapping):
         peers_in = [f"{k}={v}" for k, v in peers_in.items()]

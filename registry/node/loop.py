@@ -52,6 +52,7 @@ from registry_dns.process import DnsProcess
 
 from .client_api import ClientRequest, ClientServer
 from .config import NodeConfig
+from .sdnotify import Notifier, watchdog_interval_s
 
 RETRY_INTERVAL_S = 0.5  # a write or read not done by then is proposed / forwarded / asked again
 MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
@@ -112,6 +113,10 @@ class Node:
         self.membership = Membership(frozenset(self.names))
         self._stop_requested = False
         self.stats = NodeStats()
+        self.notifier = Notifier()  # systemd (Type=notify); a no-op outside it
+        watchdog = watchdog_interval_s()
+        self._watchdog_every_s = watchdog / 2 if watchdog is not None and self.notifier.enabled else None
+        self._status_sent: tuple[Role, int, NodeId] | None = None
         self.raw: RawNode | None = None
         self.storage = LmdbStorage(config.data_dir, node_name=config.name, cluster_id=config.cluster_id,
                                    map_size_bytes=config.max_db_bytes, logger=logging.getLogger("registry.storage"))
@@ -165,9 +170,16 @@ class Node:
         poller.register(self.client.socket, zmq.POLLIN)
         interval = self.config.tick_interval_ms / 1000
         next_tick = self.clock() + interval
+        # Store open, state restored, Raft/client/DNS sockets bound (all in __init__): ready to
+        # serve. Readiness does not wait for an election.
+        raft = self.raw.raft
+        self._status_sent = (raft.role, raft.term, raft.leader_id)
+        self.notifier.ready(self._status_text())
+        ping_every = self._watchdog_every_s
+        next_ping = self.clock() + ping_every if ping_every is not None else float("inf")
         try:
             while not self._stop_requested and not (until is not None and until()):
-                timeout_ms = max(0.0, (next_tick - self.clock()) * 1000)
+                timeout_ms = max(0.0, (min(next_tick, next_ping) - self.clock()) * 1000)
                 if self.raw.has_ready():
                     timeout_ms = 0
                 events = dict(poller.poll(timeout_ms))
@@ -176,6 +188,10 @@ class Node:
                 if self.client.socket in events:
                     self._receive_clients()
                 now = self.clock()
+                if now >= next_ping:  # only from here: a hung loop stops pinging and systemd kills it
+                    assert ping_every is not None
+                    self.notifier.watchdog()
+                    next_ping = now + ping_every
                 if now >= next_tick:
                     behind = int((now - next_tick) / interval) + 1
                     for _ in range(min(behind, MAX_CATCH_UP_TICKS)):
@@ -188,6 +204,7 @@ class Node:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        self.notifier.stopping("stopping")
         self.log.info("stopping: answering %d pending writes and %d reads with 'stopping'",
                       sum(len(w.waiters) for w in self._writes.values()), len(self._reads))
         if self.client is not None:
@@ -213,6 +230,7 @@ class Node:
             self.transport = None
         self._context.term()
         self.storage.close()
+        self.notifier.close()
 
     # -- inputs -----------------------------------------------------------------------------------
 
@@ -371,6 +389,8 @@ class Node:
             if ready.soft_state is not None:
                 self._on_soft_state(ready)
             raw.advance(ready)
+            if self.notifier.enabled:
+                self._notify_status()
 
     def _apply(self, ready: Ready) -> None:
         assert self.client is not None
@@ -431,6 +451,21 @@ class Node:
             for write in self._writes.values():
                 if not write.sent_once:
                     self._send_write(write, now)
+
+    def _status_text(self) -> str:
+        assert self.raw is not None
+        raft = self.raw.raft
+        leader = self.names.get(raft.leader_id, "?") if raft.leader_id else "none"
+        return f"{raft.role.value}, term {raft.term}, leader {leader}"
+
+    def _notify_status(self) -> None:
+        """STATUS= for systemd when role, term or leader changed (after a Ready only)."""
+        assert self.raw is not None
+        raft = self.raw.raft
+        now = (raft.role, raft.term, raft.leader_id)
+        if now != self._status_sent:
+            self._status_sent = now
+            self.notifier.status(self._status_text())
 
     def _tell_dns_leader_contact(self, now: float) -> None:
         assert self.raw is not None
