@@ -13,7 +13,7 @@ venv: $(STAMP)
 # System packages: installed with apt-get when running as root (as CI does), else named.
 # Each entry is COMMAND-or-PYTHON-MODULE:PACKAGE.
 UP_NEEDS := py:venv:python3-venv py:ensurepip:python3-venv
-TEST_NEEDS := $(UP_NEEDS) cmd:dig:bind9-dnsutils
+TEST_NEEDS := $(UP_NEEDS) cmd:dig:bind9-dnsutils cmd:systemd-analyze:systemd cmd:debootstrap:debootstrap cmd:systemd-nspawn:systemd-container
 
 define ensure_packages
 	@missing=""; \
