@@ -67,7 +67,6 @@ from writes import (
     _output,
     box_cpu,
     default_procs,
-    filesystem,
     fsync_probe,
     machine_info,
     pick_ports,
@@ -77,6 +76,8 @@ from writes import (
     rotate,
     run_load,
     run_sequential,
+    stop_on_signals,
+    bench_root,
 )
 
 from registry.catalogue.commands import Register, Request, encode_request
@@ -573,15 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress("etcd not found: install Debian's etcd-server (apt-get install -y etcd-server) or pass --etcd")
         return 2
 
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
-    root = Path(tempfile.mkdtemp(prefix="registry-bench-etcd-", dir=args.dir))
-    fs = filesystem(root)
-    if fs.startswith("tmpfs"):
-        progress(f"warning: {root} is on tmpfs, where fsync costs nothing: not a durable measurement; use --dir")
+    stop_on_signals()
+    root, fs = bench_root("registry-bench-etcd-", args.dir, progress)
     version = subprocess.run([exe, "--version"], check=False, capture_output=True, text=True).stdout.splitlines()
     orders = [("registry", "etcd") if r % 2 == 0 else ("etcd", "registry") for r in range(args.rounds)]
     result: dict[str, Any] = {

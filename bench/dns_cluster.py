@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -63,12 +62,13 @@ from bench.writes import (  # noqa: E402
     _num,
     _output,
     default_procs,
-    filesystem,
     fsync_probe,
     machine_info,
     proc_cpu_s,
     rotate,
     run_load,
+    stop_on_signals,
+    bench_root,
 )
 from registry.client import Client, RegistryError, Unavailable  # noqa: E402
 
@@ -526,16 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     procs = default_procs(args.clients) if args.procs == "auto" else int(args.procs)
 
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    # NB: SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
-    root = Path(tempfile.mkdtemp(prefix="registry-bench-dns-", dir=args.dir))
-    fs = filesystem(root)
-    if fs.startswith("tmpfs"):
-        progress(f"warning: {root} is on tmpfs, where fsync costs nothing: not a durable measurement; use --dir")
+    stop_on_signals()
+    root, fs = bench_root("registry-bench-dns-", args.dir, progress)
     phases = ["dns", "writes", "dns+writes"] + ([] if tool != "dnsperf" or args.no_half else ["dns/2+writes"])
     result: dict[str, Any] = {
         "benchmark": "dns_cluster", "format": 1, "machine": machine_info(root), "tool": tool,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -51,11 +50,12 @@ from bench.writes import (  # noqa: E402
     _no_nan,
     _output,
     error_name,
-    filesystem,
     fsync_probe,
     machine_info,
     registration,
     rotate,
+    stop_on_signals,
+    bench_root,
 )
 from registry.client import Client, NodeStatus, RegistryError, Unavailable  # noqa: E402
 
@@ -247,15 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show is not None:
         return _output(lambda: print_table(json.loads(args.show.read_text())))
 
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
-    root = Path(tempfile.mkdtemp(prefix="registry-bench-failover-", dir=args.dir))
-    fs = filesystem(root)
-    if fs.startswith("tmpfs"):
-        progress(f"warning: {root} is on tmpfs, where fsync costs nothing: not a durable measurement; use --dir")
+    stop_on_signals()
+    root, fs = bench_root("registry-bench-failover-", args.dir, progress)
     result: dict[str, Any] = {
         "benchmark": "failover", "format": 1, "machine": machine_info(root),
         "config": {"nodes": args.nodes, "trials": args.trials, "writers": args.writers, "interval_s": args.interval,

@@ -59,6 +59,7 @@ from bench.writes import (  # noqa: E402
     proc_status_kib,
     registration,
     rotate,
+    stop_on_signals,
 )
 from registry.client import Client, NodeStatus, RegistryError, Unavailable  # noqa: E402
 
@@ -328,11 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show is not None:
         return _output(lambda: print_table(json.loads(args.show.read_text())))
 
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
+    stop_on_signals()
     result: dict[str, Any] = {"benchmark": "restart", "format": 1, "machine": machine_info(args.dir),
                               "config": {"nodes": args.nodes, "instances": args.counts, "clients": args.clients,
                                          "agent_args": args.agent_arg}, "counts": []}

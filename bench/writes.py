@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,26 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def progress(message: str) -> None:
     print(f"[writes] {message}", file=sys.stderr, flush=True)
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into KeyboardInterrupt, so a benchmark's cleanup always runs."""
+
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # NB: SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+
+
+def bench_root(prefix: str, parent: Path | None, report: Callable[[str], None]) -> tuple[Path, str]:
+    """A fresh directory for a benchmark's clusters and its filesystem; warns when it is tmpfs."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    fs = filesystem(root)
+    if fs.startswith("tmpfs"):
+        report(f"warning: {root} is on tmpfs, where fsync costs nothing: not a durable measurement; use --dir")
+    return root, fs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -832,16 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show is not None:
         return _output(lambda: print_table(json.loads(args.show.read_text())))
 
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    # NB: SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
-    root = Path(tempfile.mkdtemp(prefix="registry-bench-writes-", dir=args.dir))
-    fs = filesystem(root)
-    if fs.startswith("tmpfs"):
-        progress(f"warning: {root} is on tmpfs, where fsync costs nothing: not a durable measurement; use --dir")
+    stop_on_signals()
+    root, fs = bench_root("registry-bench-writes-", args.dir, progress)
     result: dict[str, Any] = {
         "benchmark": "writes", "format": 1, "machine": machine_info(root),
         "config": {"nodes": args.nodes, "seconds": args.seconds, "clients": args.levels,
