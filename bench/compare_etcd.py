@@ -35,7 +35,6 @@ import http.client
 import itertools
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -57,11 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from writes import (
     HOST,
     STOP_WAIT_S,
-    Latencies,
     LocalCluster,
     Probe,
     _die_with_parent,
-    _get,
     _no_nan,
     _num,
     _output,
@@ -367,45 +364,8 @@ def _etcd_worker(servers: list[str], run: int, indexes: list[int], seconds: floa
 def run_etcd_load(servers: list[str], run: int, clients: int, seconds: float, procs: int,
                   on_start: Any = None, on_end: Any = None) -> dict[str, Any]:
     """writes.py's run_load for etcd: the same worker layout, window and result fields."""
-    procs = max(1, min(procs, clients))
-    ctx = mp.get_context("spawn")
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    start_at = ctx.Value("d", 0.0)
-    workers = [ctx.Process(target=_etcd_worker, daemon=True,
-                           args=(servers, run, list(range(w, clients, procs)), seconds, ready, go, start_at, results))
-               for w in range(procs)]
-    outs: list[Any] = []
-    try:
-        for w in workers:
-            w.start()
-        for _ in workers:
-            _get(ready, workers, 60)
-        start_at.value = time.monotonic() + 0.2
-        go.set()
-        time.sleep(max(0.0, start_at.value - time.monotonic()))
-        if on_start is not None:
-            on_start()
-        time.sleep(max(0.0, start_at.value + seconds - time.monotonic()))
-        if on_end is not None:
-            on_end()
-        outs = [_get(results, workers, ETCD_TIMEOUT_S + 30) for _ in workers]
-        for w in workers:
-            w.join(timeout=10)
-    finally:
-        for w in workers:
-            if w.is_alive():
-                w.terminate()
-                w.join(timeout=5)
-    latencies = [x for o in outs for x in o["latencies"]]
-    errors: Counter[str] = Counter()
-    for o in outs:
-        errors.update(o["errors"])
-    cpu = [100 * o["cpu_s"] / seconds for o in outs]
-    return {"clients": clients, "procs": procs, "seconds": seconds, "writes": len(latencies),
-            "writes_per_s": len(latencies) / seconds, **Latencies(latencies).summary(),
-            "errors": dict(errors), "late": sum(o["late"] for o in outs),
-            "client_cpu_pct": {"per_proc": [round(c, 1) for c in cpu], "total": round(sum(cpu), 1),
-                               "us_per_write": 1e6 * sum(o["cpu_s"] for o in outs) / max(1, len(latencies))}}
+    return run_load(servers, run, clients, seconds, procs, on_start, on_end, worker=_etcd_worker,
+                    result_timeout_s=ETCD_TIMEOUT_S + 30)
 
 
 class PidProbe:

@@ -536,15 +536,17 @@ def default_procs(clients: int) -> int:
 
 
 def run_load(servers: list[str], run: int, clients: int, seconds: float, procs: int,
-             on_start: Any = None, on_end: Any = None) -> dict[str, Any]:
+             on_start: Any = None, on_end: Any = None, *, worker: Callable[..., None] | None = None,
+             result_timeout_s: float = CLIENT_TIMEOUT_S + 30) -> dict[str, Any]:
     """``clients`` closed-loop clients for ``seconds``, client k in worker k mod ``procs``.
     ``on_start()`` and ``on_end()`` are called when the window opens and closes (to sample
-    counters over exactly the window, start a profiler...)."""
+    counters over exactly the window, start a profiler...). ``worker`` drives another system
+    with the same layout, window and result fields (compare_etcd.py)."""
     procs = max(1, min(procs, clients))
     ctx = mp.get_context("spawn")  # NB: no fork: this process holds ZeroMQ sockets and threads
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
-    workers = [ctx.Process(target=_worker, daemon=True,
+    workers = [ctx.Process(target=worker or _worker, daemon=True,
                            args=(servers, run, list(range(w, clients, procs)), seconds, ready, go, start_at, results))
                for w in range(procs)]
     try:
@@ -560,7 +562,7 @@ def run_load(servers: list[str], run: int, clients: int, seconds: float, procs: 
         time.sleep(max(0.0, start_at.value + seconds - time.monotonic()))
         if on_end is not None:
             on_end()
-        outs = [_get(results, workers, CLIENT_TIMEOUT_S + 30) for _ in workers]
+        outs = [_get(results, workers, result_timeout_s) for _ in workers]
         for w in workers:
             w.join(timeout=10)
     finally:
