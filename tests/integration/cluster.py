@@ -311,6 +311,16 @@ class Cluster:
 
         poll(f"{', '.join(names)} answering status", check, timeout_s, describe=lambda: repr(last))
 
+    def _all_answering(self, names: Sequence[str] | None, last: dict[str, Any]) -> list[NodeStatus] | None:
+        """The status of every node in ``names`` (default: live), or None while one does not
+        answer; ``last`` is refilled with what each node said, for the timeout message."""
+        watched = list(names if names is not None else self.live())
+        got = self.statuses(watched)
+        last.clear()
+        last.update(got)
+        statuses = [s for s in got.values() if isinstance(s, NodeStatus)]
+        return statuses if len(statuses) == len(watched) else None
+
     def wait_for_leader(self, timeout_s: float = LEADER_TIMEOUT_S, *, names: Sequence[str] | None = None,
                         above_term: int = 0) -> NodeStatus:
         """Wait until exactly one of ``names`` (default: the live agents) is leader, in a term
@@ -319,12 +329,8 @@ class Cluster:
         last: dict[str, Any] = {}
 
         def check() -> NodeStatus | None:
-            watched = list(names if names is not None else self.live())
-            got = self.statuses(watched)
-            last.clear()
-            last.update(got)
-            statuses = [s for s in got.values() if isinstance(s, NodeStatus)]
-            if len(statuses) != len(watched):
+            statuses = self._all_answering(names, last)
+            if statuses is None:
                 return None
             leaders = [s for s in statuses if s.role == "leader"]
             if len(leaders) != 1 or leaders[0].term <= above_term:
@@ -343,12 +349,8 @@ class Cluster:
         last: dict[str, Any] = {}
 
         def check() -> int | None:
-            watched = list(names if names is not None else self.live())
-            got = self.statuses(watched)
-            last.clear()
-            last.update(got)
-            statuses = [s for s in got.values() if isinstance(s, NodeStatus)]
-            if len(statuses) != len(watched):
+            statuses = self._all_answering(names, last)
+            if statuses is None:
                 return None
             leaders = [s for s in statuses if s.role == "leader"]
             if len(leaders) != 1:
