@@ -16,6 +16,8 @@ from .messages import (
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadIndex,
     ReadIndexResponse,
@@ -38,6 +40,7 @@ from .types import (
     NodeId,
     ReadState,
     Role,
+    Snapshot,
     SnapshotMeta,
     SoftState,
     Term,
@@ -45,10 +48,11 @@ from .types import (
 
 __all__ = [
     "MESSAGE_TYPES", "NO_NODE", "AppendEntries", "AppendEntriesResponse", "Config", "Entry", "EntryKind",
-    "HardState", "Heartbeat", "HeartbeatResponse", "Index", "InitialState", "LocalError", "Membership",
+    "HardState", "Heartbeat", "HeartbeatResponse", "Index", "InitialState", "InstallSnapshot",
+    "InstallSnapshotResponse", "LocalError", "Membership",
     "Message", "NoLeader", "NodeId", "NotLeader", "PeerStatus", "Progress", "ProgressState",
     "ProposalDropped", "Raft", "RaftError", "RawNode", "ReadIndex", "ReadIndexResponse", "ReadState",
-    "Ready", "RemoteError", "RequestVote", "RequestVoteResponse", "Role", "SnapshotMeta", "SoftState",
+    "Ready", "RemoteError", "RequestVote", "RequestVoteResponse", "Role", "Snapshot", "SnapshotMeta", "SoftState",
     "Status", "Term", "TimeoutNow", "VoteResult", "committed_index", "has_quorum", "quorum_size",
     "vote_result",
 ]

@@ -18,6 +18,8 @@ from .messages import (
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadIndex,
     ReadIndexResponse,
@@ -38,6 +40,8 @@ from .types import (
     NodeId,
     ReadState,
     Role,
+    Snapshot,
+    SnapshotMeta,
     SoftState,
     Term,
 )
@@ -73,6 +77,15 @@ class Config:
             raise ValueError(f"applied must be >= 0, got {self.applied}")
 
 
+@dataclass(slots=True)
+class _IncomingSnapshot:
+    """A follower's partial copy of a leader's snapshot, chunk by chunk (Raft figure 13)."""
+
+    key: tuple[NodeId, Term, Index, Term]  # (leader, leader's term, snapshot index, snapshot term)
+    chunks: list[bytes]
+    received: int
+
+
 @dataclass(frozen=True, slots=True)
 class _PendingRead:
     index: Index  # the commit index when the read arrived
@@ -94,6 +107,11 @@ class Raft:
         self.config = config
         self.node_id = config.node_id
         self.membership: Membership = state.snapshot.membership
+        if state.snapshot.index > 0 and not state.snapshot_data:
+            raise ValueError(f"the snapshot at index {state.snapshot.index} comes without its data")
+        self.snapshot = Snapshot(state.snapshot, state.snapshot_data)  # what we send a follower too far behind
+        self._incoming: _IncomingSnapshot | None = None  # follower: a snapshot arriving in chunks
+        self._installed: Snapshot | None = None  # follower: a leader's snapshot for the next Ready
         hs = state.hard_state
         self.log = RaftLog(state.snapshot, state.entries, hs.commit, config.applied)
         self.term: Term = hs.term
@@ -135,10 +153,10 @@ class Raft:
             elif isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
                 pass  # a granted pre-vote carries the proposed term, not the voter's (§9.6)
             else:
-                leader = m.source if isinstance(m, (AppendEntries, Heartbeat)) else NO_NODE
+                leader = m.source if isinstance(m, _FROM_LEADER) else NO_NODE
                 self.become_follower(m.term, leader)
         elif m.term < self.term:
-            if isinstance(m, (AppendEntries, Heartbeat)) and (self.config.check_quorum or self.config.pre_vote):
+            if isinstance(m, _FROM_LEADER) and (self.config.check_quorum or self.config.pre_vote):
                 # NB: a leader cut off long enough to be ignored by pre-vote must still learn our
                 # term, or it would never step down and we would never elect (etcd raft.go).
                 self.send(AppendEntriesResponse(self.node_id, m.source, self.term, False, Index(0)))
@@ -185,6 +203,35 @@ class Raft:
         else:
             self.send_append(to, allow_empty=True)
 
+    def compact(self, index: Index, data: bytes, keep_entries: int = 0) -> SnapshotMeta:
+        """The caller serialised its state machine as of applied `index` into `data` (Raft §7).
+
+        The core sends `data` to followers that need entries it no longer has, and forgets
+        entries up to `index - keep_entries` (a tail kept for followers only slightly behind).
+        Returns the snapshot's metadata, for the caller to persist with `data`: the caller may
+        do so before or after this call, but must not drop stored entries it has not covered
+        with a durable snapshot."""
+        log = self.log
+        if index > log.applied_index:
+            raise LocalError(f"cannot snapshot at index {index}: only {log.applied_index} is applied")
+        if index < self.snapshot.meta.index:
+            raise LocalError(f"cannot snapshot at index {index}: the snapshot at {self.snapshot.meta.index} is newer")
+        if keep_entries < 0:
+            raise LocalError(f"keep_entries must be >= 0, got {keep_entries}")
+        if index > 0 and not data:
+            raise LocalError("a snapshot needs its data")
+        term = log.term(index)
+        if term is None:
+            raise LocalError(f"cannot snapshot at index {index}: the log no longer holds its term")
+        meta = SnapshotMeta(index, term, self.membership)
+        self.snapshot = Snapshot(meta, data)
+        log.compact(max(log.snapshot_index, index - keep_entries))
+        return meta
+
+    def take_installed(self) -> Snapshot | None:
+        out, self._installed = self._installed, None
+        return out
+
     def hard_state(self) -> HardState:
         return HardState(self.term, self.voted_for, self.log.commit_index)
 
@@ -226,6 +273,8 @@ class Raft:
     # -- role changes -----------------------------------------------------------------------------
 
     def become_follower(self, term: Term, leader: NodeId) -> None:
+        if term != self.term:
+            self._incoming = None  # a transfer from an older term's leader never completes
         self._reset(term)
         self.role = Role.FOLLOWER
         self.leader_id = leader
@@ -372,6 +421,10 @@ class Raft:
             self.election_elapsed = 0
             self.leader_id = m.source
             self.handle_heartbeat(m)
+        elif isinstance(m, InstallSnapshot):
+            self.election_elapsed = 0
+            self.leader_id = m.source
+            self.handle_install_snapshot(m)
         elif isinstance(m, TimeoutNow):
             if self._promotable():
                 self.campaign(transfer=True)
@@ -381,7 +434,7 @@ class Raft:
         # follower: dropped, and the asker retries.
 
     def _step_candidate(self, m: Message) -> None:
-        if isinstance(m, (AppendEntries, Heartbeat)):
+        if isinstance(m, _FROM_LEADER):
             self.become_follower(m.term, m.source)  # a leader exists in this term (Raft §5.2)
             self._step_follower(m)
         elif isinstance(m, RequestVoteResponse):
@@ -399,9 +452,11 @@ class Raft:
             self.handle_append_entries_response(m)
         elif isinstance(m, HeartbeatResponse):
             self.handle_heartbeat_response(m)
+        elif isinstance(m, InstallSnapshotResponse):
+            self.handle_install_snapshot_response(m)
         elif isinstance(m, ReadIndex):
             self._register_read(m.context, m.source)
-        elif isinstance(m, (AppendEntries, Heartbeat)):
+        elif isinstance(m, _FROM_LEADER):
             raise AssertionError(f"two leaders in term {self.term}: {self.node_id} and {m.source}")
 
     # -- replication: follower side ---------------------------------------------------------------
@@ -433,6 +488,51 @@ class Raft:
         self.send(AppendEntriesResponse(self.node_id, m.source, self.term, False, Index(prev_index),
                                         conflict_term, conflict_index))
 
+    def handle_install_snapshot(self, m: InstallSnapshot) -> None:
+        """Raft figure 13, receiver: gather the chunks in order, then install the whole snapshot.
+
+        A chunk that does not continue the copy in progress is answered with the bytes held, so
+        the leader resumes there (or from 0, when this node lost its copy in a restart)."""
+        meta = m.meta
+        if meta.index <= self.log.commit_index:
+            # We already hold everything it covers: tell the leader how far we really are.
+            self._incoming = None
+            self.send(AppendEntriesResponse(self.node_id, m.source, self.term, True, self.log.commit_index))
+            return
+        key = (m.source, m.term, meta.index, meta.term)
+        incoming = self._incoming
+        if incoming is None or incoming.key != key:
+            if m.offset != 0:
+                self.send(InstallSnapshotResponse(self.node_id, m.source, self.term, meta.index, meta.term, 0))
+                return
+            # Step 5: a new transfer replaces any partial copy of another snapshot.
+            incoming = self._incoming = _IncomingSnapshot(key, [], 0)
+        if m.offset == incoming.received:
+            incoming.chunks.append(m.data)
+            incoming.received += len(m.data)
+            if m.done:
+                self._incoming = None
+                self._install(Snapshot(meta, b"".join(incoming.chunks)), m.source)
+                return
+        self.send(InstallSnapshotResponse(self.node_id, m.source, self.term, meta.index, meta.term,
+                                          incoming.received))
+
+    def _install(self, snapshot: Snapshot, leader: NodeId) -> None:
+        meta = snapshot.meta
+        if self.log.term(meta.index) == meta.term:
+            # Step 6: our log holds the snapshot's last entry, hence (log matching) everything
+            # before it: keep the entries that follow, and let the log's own entries be applied.
+            self.log.commit_to(meta.index)
+        else:
+            # Steps 7-8: discard the whole log (a conflicting suffix included, which is never
+            # committed: the snapshot is past our commit index); the state machine restarts
+            # from the snapshot, with the snapshot's membership.
+            self.log.restore(meta)
+            self.membership = meta.membership
+            self.snapshot = snapshot
+            self._installed = snapshot
+        self.send(AppendEntriesResponse(self.node_id, leader, self.term, True, meta.index))
+
     def handle_heartbeat(self, m: Heartbeat) -> None:
         if m.leader_commit > self.log.last_index:
             # The leader caps it at what we acknowledged, and acknowledged entries are durable.
@@ -458,7 +558,8 @@ class Raft:
                 self.send_append(m.source, allow_empty=True)
             return
         if pr.maybe_update(m.index) or (pr.state is ProgressState.PROBE and pr.match_index == m.index):
-            if pr.state is ProgressState.PROBE:
+            if pr.state is ProgressState.PROBE or (pr.state is ProgressState.SNAPSHOT
+                                                   and pr.match_index >= pr.pending_snapshot):
                 pr.become_replicate()
             if self.maybe_commit():
                 self._on_commit_advanced()
@@ -477,11 +578,35 @@ class Raft:
                 return ours + 1
         return m.conflict_index
 
+    def handle_install_snapshot_response(self, m: InstallSnapshotResponse) -> None:
+        pr = self.progress.get(m.source)
+        if pr is None or m.source == self.node_id:
+            return
+        pr.recent_active = True
+        snapshot = self.snapshot
+        if (pr.state is not ProgressState.SNAPSHOT or m.index != pr.pending_snapshot
+                or m.index != snapshot.meta.index or m.snapshot_term != snapshot.meta.term):
+            return  # about a transfer we are no longer making
+        if m.received > len(snapshot.data):
+            raise RemoteError(f"node {m.source} claims {m.received} bytes of a {len(snapshot.data)}-byte snapshot")
+        if m.received < pr.snapshot_offset and m.received != 0:
+            return  # an old answer, overtaken (0 means the follower lost its copy: start over)
+        pr.snapshot_offset = m.received
+        pr.snapshot_stall = 0
+        pr.probe_sent = False
+        self._send_snapshot(m.source, pr)
+
     def handle_heartbeat_response(self, m: HeartbeatResponse) -> None:
         pr = self.progress.get(m.source)
         if pr is None or m.source == self.node_id:
             return
         pr.recent_active = True
+        if pr.state is ProgressState.SNAPSHOT:
+            # NB: a chunk or its answer may be lost: resend after two quiet heartbeat rounds.
+            pr.snapshot_stall += 1
+            if pr.snapshot_stall < 2:
+                return
+            pr.snapshot_stall = 0
         pr.probe_sent = False
         if pr.state is ProgressState.REPLICATE and pr.is_paused():
             pr.inflight.popleft()  # NB: lets a stream whose acks were lost make progress (etcd)
@@ -514,15 +639,16 @@ class Raft:
 
         In REPLICATE this pipelines several messages, each capped at max_msg_bytes of entries."""
         pr = self.progress[to]
+        if pr.state is ProgressState.SNAPSHOT:
+            return self._send_snapshot(to, pr)
         log = self.log
         sent = False
         while not pr.is_paused():
             prev_index = pr.next_index - 1
             prev_term = log.term(prev_index)
             if prev_term is None:
-                # TODO(snapshots issue): send InstallSnapshot; until then the follower waits.
-                pr.become_snapshot()
-                return sent
+                # The entries it needs are compacted away: send the snapshot (Raft §7).
+                return self._send_snapshot(to, pr) or sent
             last = log.last_index
             entries = log.entries(pr.next_index, last + 1, self.config.max_msg_bytes) if pr.next_index <= last else []
             if not entries and (sent or not allow_empty):
@@ -537,6 +663,20 @@ class Raft:
                 pr.sent_probe()
                 return sent
         return sent
+
+    def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
+        """Send the next chunk of our snapshot, one chunk in flight at a time; returns whether sent."""
+        snapshot = self.snapshot
+        if pr.state is not ProgressState.SNAPSHOT or pr.pending_snapshot != snapshot.meta.index:
+            pr.become_snapshot(snapshot.meta.index)  # a newer snapshot replaces one being sent
+        if pr.probe_sent:
+            return False
+        data, offset = snapshot.data, pr.snapshot_offset
+        end = min(len(data), offset + self.config.max_msg_bytes)
+        self.send(InstallSnapshot(self.node_id, to, self.term, snapshot.meta, offset, bytes(data[offset:end]),
+                                  end >= len(data)))
+        pr.probe_sent = True
+        return True
 
     def broadcast_heartbeat(self) -> None:
         for peer in self._peers():
@@ -600,3 +740,18 @@ class Raft:
                     raise RemoteError(f"AppendEntries entries are not contiguous after {m.prev_index} "
                                       f"with terms in [{m.prev_term}, {m.term}]")
                 expect_index, floor_term = expect_index + 1, entry.term
+        elif isinstance(m, InstallSnapshot):
+            meta = m.meta
+            if meta.index < 1 or not 1 <= meta.term <= m.term or m.offset < 0:
+                raise RemoteError(f"InstallSnapshot with impossible index {meta.index}, term {meta.term} "
+                                  f"or offset {m.offset} in term {m.term}")
+            if not meta.membership.voters:
+                raise RemoteError(f"InstallSnapshot at index {meta.index} carries no voters")
+        elif isinstance(m, InstallSnapshotResponse):
+            if m.index < 1 or m.received < 0:
+                raise RemoteError(f"InstallSnapshotResponse with impossible index {m.index} or "
+                                  f"received {m.received}")
+
+
+#: Messages only a leader sends: they make a candidate of the same term a follower (Raft §5.2).
+_FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)

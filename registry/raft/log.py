@@ -147,6 +147,28 @@ class RaftLog:
         self.commit_index = Index(index)
         return True
 
+    def compact(self, index: int) -> None:
+        """Forget entries up to and including `index` (a snapshot covers them). Only applied
+        entries are compacted, so the snapshot point keeps its term for the log matching check."""
+        assert index <= self.applied_index, f"compacting to {index} beyond the applied index {self.applied_index}"
+        if index <= self.snapshot_index:
+            return
+        term = self.term(index)
+        assert term is not None
+        del self._entries[:index - self.snapshot_index]
+        self.snapshot_index, self.snapshot_term = Index(index), term
+
+    def restore(self, snapshot: SnapshotMeta) -> None:
+        """Replace the whole log with a leader's snapshot (Raft figure 13, steps 7-8): every
+        entry is discarded, and the snapshot is committed and, once the caller restores its state
+        machine from it, applied."""
+        assert snapshot.index > self.commit_index, "a snapshot at or below the commit index is not restored"
+        self._entries.clear()
+        self.snapshot_index, self.snapshot_term = Index(snapshot.index), Term(snapshot.term)
+        self.commit_index = self.applied_index = self.applying_index = Index(snapshot.index)
+        self.persisted_index = Index(snapshot.index)  # NB: the Ready that carries it persists it first
+        self.unstable_from = Index(snapshot.index + 1)
+
     # -- the Ready cycle -----------------------------------------------------------------------
 
     def unstable_entries(self) -> list[Entry]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .types import Entry, Index, NodeId, Term
+from .types import Entry, Index, NodeId, SnapshotMeta, Term
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +119,43 @@ class ReadIndexResponse:
     context: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """Leader -> follower: one chunk of the leader's snapshot (Raft figure 13).
+
+    `data` is the chunk's bytes at `offset` of the whole image; `done` marks the last chunk.
+    `meta` (last included index and term, and the membership) is repeated in every chunk so that
+    each one can be matched to the transfer it belongs to."""
+
+    source: NodeId
+    target: NodeId
+    term: Term
+    meta: SnapshotMeta
+    offset: int
+    data: bytes
+    done: bool
+
+    def __repr__(self) -> str:
+        return (f"InstallSnapshot({self.source}->{self.target}, term={self.term}, index={self.meta.index}, "
+                f"offset={self.offset}, {len(self.data)} bytes, done={self.done})")
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse:
+    """Follower -> leader: how many bytes of snapshot (`index`, `snapshot_term`) it now holds.
+
+    Figure 13's reply carries only the term; `received` lets an interrupted transfer resume
+    where the follower is (or restart from 0 when the follower lost its partial copy). A
+    completed install is acknowledged with AppendEntriesResponse(success, index=meta.index)."""
+
+    source: NodeId
+    target: NodeId
+    term: Term
+    index: Index
+    snapshot_term: Term
+    received: int
+
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -129,6 +166,8 @@ Message = (
     | TimeoutNow
     | ReadIndex
     | ReadIndexResponse
+    | InstallSnapshot
+    | InstallSnapshotResponse
 )
 
 #: Every message type, in a fixed order: a wire codec may use the position as the type tag.
@@ -142,4 +181,6 @@ MESSAGE_TYPES: tuple[type, ...] = (
     TimeoutNow,
     ReadIndex,
     ReadIndexResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
 )

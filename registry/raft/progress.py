@@ -11,7 +11,7 @@ from .types import Index
 class ProgressState(enum.Enum):
     PROBE = "probe"  # next_index is a guess: one AppendEntries at a time until one is accepted
     REPLICATE = "replicate"  # next_index is known: stream optimistically, up to the in-flight window
-    SNAPSHOT = "snapshot"  # needs entries the leader has compacted away: wait for a snapshot
+    SNAPSHOT = "snapshot"  # needs entries the leader has compacted away: sending it a snapshot
 
 
 class Progress:
@@ -19,10 +19,13 @@ class Progress:
 
     Invariant: match_index < next_index.
     Invariant: in REPLICATE, `inflight` holds the last index of each unacknowledged message, ascending.
+    Invariant: in SNAPSHOT, `pending_snapshot` is the index of the snapshot being sent and
+    `snapshot_offset` the bytes of it the follower has confirmed; one chunk is in flight at a time.
     """
 
     __slots__ = ("match_index", "next_index", "state", "probe_sent", "inflight", "max_inflight",
-                 "recent_active", "read_ack_seq", "commit_sent")
+                 "recent_active", "read_ack_seq", "commit_sent", "pending_snapshot", "snapshot_offset",
+                 "snapshot_stall")
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
         assert max_inflight >= 1
@@ -35,10 +38,15 @@ class Progress:
         self.recent_active = False  # heard from since the last check-quorum round
         self.read_ack_seq = 0  # highest read-index round this follower has confirmed
         self.commit_sent = 0  # highest commit index sent to this follower
+        self.pending_snapshot = 0
+        self.snapshot_offset = 0
+        self.snapshot_stall = 0  # heartbeat rounds without news of the chunk in flight
 
     def __repr__(self) -> str:
+        snapshot = (f", snapshot {self.pending_snapshot} at byte {self.snapshot_offset}"
+                    if self.state is ProgressState.SNAPSHOT else "")
         return (f"Progress(match={self.match_index}, next={self.next_index}, {self.state.value}, "
-                f"inflight={len(self.inflight)}, probe_sent={self.probe_sent})")
+                f"inflight={len(self.inflight)}, probe_sent={self.probe_sent}{snapshot})")
 
     def is_paused(self) -> bool:
         """Whether the leader must hold off sending this follower more entries."""
@@ -61,10 +69,14 @@ class Progress:
         self.inflight.clear()
         self.next_index = Index(self.match_index + 1)
 
-    def become_snapshot(self) -> None:
+    def become_snapshot(self, index: int) -> None:
+        """Start sending snapshot `index` from its first byte."""
         self.state = ProgressState.SNAPSHOT
         self.probe_sent = False
         self.inflight.clear()
+        self.pending_snapshot = index
+        self.snapshot_offset = 0
+        self.snapshot_stall = 0
 
     def sent_entries(self, last_index: int) -> None:
         """Record an AppendEntries carrying entries up to `last_index`."""

@@ -9,7 +9,7 @@ from .errors import LocalError
 from .messages import Message
 from .progress import ProgressState
 from .ready import Ready
-from .types import Index, InitialState, NodeId, Role, SoftState, Term
+from .types import Index, InitialState, NodeId, Role, SnapshotMeta, SoftState, Term
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class Status:
     applied_index: Index
     first_index: Index
     last_index: Index
+    snapshot_index: Index  # of the newest snapshot: what a follower too far behind is sent
     lead_transferee: NodeId
     progress: dict[NodeId, PeerStatus]  # empty unless this node leads
 
@@ -77,6 +78,14 @@ class RawNode:
         the caller retries after its own timeout. Raises NoLeader when no leader is known."""
         self.raft.read_index(context)
 
+    def compact(self, index: Index, data: bytes, *, keep_entries: int = 0) -> SnapshotMeta:
+        """The state machine, as of applied `index`, is serialised in `data` (Raft §7): the core
+        sends it to followers too far behind, and forgets entries up to index - keep_entries.
+
+        Returns the metadata to persist with `data`. Raises LocalError when `index` is not
+        applied yet or older than the current snapshot."""
+        return self.raft.compact(index, data, keep_entries)
+
     def transfer_leadership(self, to: NodeId) -> None:
         """Leader only: hand over to `to`; proposals are refused until it finishes or times out."""
         self.raft.transfer_leadership(to)
@@ -87,6 +96,7 @@ class RawNode:
         raft = self.raft
         return bool(
             raft.has_pending_flush()
+            or raft._installed is not None
             or raft._outbox
             or raft.read_states
             or raft.log.has_unstable()
@@ -102,9 +112,10 @@ class RawNode:
         raft.flush()
         hard = raft.hard_state()
         soft = raft.soft_state()
+        snapshot = raft.take_installed()
         entries = tuple(raft.log.unstable_entries())
         hard_changed = hard != self._prev_hard
-        must_sync = bool(entries) or (hard_changed and (hard.term != self._prev_hard.term
+        must_sync = bool(entries) or snapshot is not None or (hard_changed and (hard.term != self._prev_hard.term
                                                         or hard.voted_for != self._prev_hard.voted_for))
         ready = Ready(
             soft_state=soft if soft != self._prev_soft else None,
@@ -114,6 +125,7 @@ class RawNode:
             committed=tuple(raft.log.committed_to_apply()),
             read_states=tuple(raft.take_read_states()),
             must_sync=must_sync,
+            snapshot=snapshot,
         )
         self._prev_hard, self._prev_soft = hard, soft
         self._outstanding = ready
@@ -135,7 +147,8 @@ class RawNode:
         return Status(
             node_id=raft.node_id, role=raft.role, term=raft.term, leader_id=raft.leader_id,
             voted_for=raft.voted_for, commit_index=log.commit_index, applied_index=log.applied_index,
-            first_index=log.first_index, last_index=log.last_index, lead_transferee=raft.lead_transferee,
+            first_index=log.first_index, last_index=log.last_index,
+            snapshot_index=raft.snapshot.meta.index, lead_transferee=raft.lead_transferee,
             progress={peer: PeerStatus(pr.match_index, pr.next_index, pr.state, pr.recent_active)
                       for peer, pr in raft.progress.items()},
         )

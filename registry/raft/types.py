@@ -88,12 +88,31 @@ class SnapshotMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A state machine image as of `meta.index`, in bytes only the caller understands.
+
+    The core never looks inside `data`: it only hands it out in InstallSnapshot chunks (Raft
+    §7) and receives it whole from a leader in a Ready. `data` is any bytes-like object that can
+    be sliced and measured (bytes, or a memoryview of a mapped file)."""
+
+    meta: SnapshotMeta
+    data: bytes
+
+    def __repr__(self) -> str:  # NB: data can be megabytes; never print it
+        return f"Snapshot(index={self.meta.index}, term={self.meta.term}, {len(self.data)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
 class InitialState:
-    """What a node restores from its storage on start: the caller reads it, the core never does."""
+    """What a node restores from its storage on start: the caller reads it, the core never does.
+
+    `snapshot_data` is the image at `snapshot.index` (what a leader sends a follower that is too
+    far behind); it must be non-empty whenever snapshot.index > 0."""
 
     snapshot: SnapshotMeta
     hard_state: HardState = field(default_factory=HardState)
     entries: tuple[Entry, ...] = ()  # entries after snapshot.index, contiguous
+    snapshot_data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@
     tag     = the message type's position in raft.MESSAGE_TYPES, or FORWARD_TAG for Forward
     fields  = every dataclass field, in declaration order (defaults included)
     entries = an array of [term, index, kind, data] arrays
+    meta    = [index, term, [voter ids], [learner ids]] (a snapshot's metadata)
 
 Ids, terms, indexes and counters are msgpack ints in [0, 2**63); flags are msgpack booleans;
 byte strings are msgpack bin (use_bin_type). `decode` trusts nothing: it checks the version, the
@@ -31,7 +32,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import msgpack
 
-from registry.raft import MESSAGE_TYPES, Entry, EntryKind, Message, NodeId
+from registry.raft import MESSAGE_TYPES, Entry, EntryKind, Index, Membership, Message, NodeId, SnapshotMeta, Term
 
 __all__ = ["FORWARD_TAG", "WIRE_VERSION", "CodecError", "Forward", "Wire", "decode", "encode"]
 
@@ -63,14 +64,17 @@ Wire: TypeAlias = Message | Forward
 # Field kinds. A field's kind comes from its annotation (a string: the core's modules use
 # `from __future__ import annotations`); an unknown annotation fails at import, so a new field
 # type in the core cannot slip onto the wire unvalidated.
-_U63, _BOOL, _BYTES, _ENTRIES = 0, 1, 2, 3
+_U63, _BOOL, _BYTES, _ENTRIES, _META = 0, 1, 2, 3, 4
 _KIND_OF_ANNOTATION = {
     "int": _U63, "NodeId": _U63, "Term": _U63, "Index": _U63,
     "bool": _BOOL,
     "bytes": _BYTES,
     "tuple[Entry, ...]": _ENTRIES,
+    "SnapshotMeta": _META,
 }  # fmt: skip
-_KIND_NAMES = {_U63: "an int in [0, 2**63)", _BOOL: "a bool", _BYTES: "bytes", _ENTRIES: "an array of entries"}
+_KIND_NAMES = {_U63: "an int in [0, 2**63)", _BOOL: "a bool", _BYTES: "bytes", _ENTRIES: "an array of entries",
+               _META: "[index, term, [voters], [learners]]"}
+_MAX_MEMBERS = 1024
 _ENTRY_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
 
 
@@ -86,6 +90,7 @@ class _Spec:
     bool_at: tuple[int, ...]
     bytes_at: tuple[int, ...]
     entries_at: int
+    meta_at: int
 
 
 def _spec(tag: int, cls: type) -> _Spec:
@@ -98,10 +103,12 @@ def _spec(tag: int, cls: type) -> _Spec:
             raise TypeError(f"codec: {cls.__name__}.{f.name} has a type the wire format lacks: {annotation}")
         kinds.append(_KIND_OF_ANNOTATION[annotation])
     assert names[:2] == ("source", "target"), f"{cls.__name__} must start with source, target"
-    at = {kind: tuple(i for i, k in enumerate(kinds, 1) if k == kind) for kind in (_U63, _BOOL, _BYTES, _ENTRIES)}
+    at = {kind: tuple(i for i, k in enumerate(kinds, 1) if k == kind)
+          for kind in (_U63, _BOOL, _BYTES, _ENTRIES, _META)}
     assert len(at[_ENTRIES]) <= 1, f"{cls.__name__}: at most one entries field"
+    assert len(at[_META]) <= 1, f"{cls.__name__}: at most one snapshot meta field"
     return _Spec(tag, cls, names, tuple(kinds), attrgetter(*names), at[_U63], at[_BOOL], at[_BYTES],
-                 at[_ENTRIES][0] if at[_ENTRIES] else -1)
+                 at[_ENTRIES][0] if at[_ENTRIES] else -1, at[_META][0] if at[_META] else -1)
 
 
 _SPECS = [_spec(tag, cls) for tag, cls in enumerate(MESSAGE_TYPES)] + [_spec(FORWARD_TAG, Forward)]
@@ -128,10 +135,15 @@ def encode(m: Wire) -> bytes:
         pack = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
     values = spec.get(m)
     try:
-        if spec.entries_at < 0:
+        if spec.entries_at < 0 and spec.meta_at < 0:
             return _PREFIX + pack((spec.tag, *values))
         body = [spec.tag, *values]
-        body[spec.entries_at] = [(e.term, e.index, e.kind, e.data) for e in body[spec.entries_at]]
+        if spec.entries_at > 0:
+            body[spec.entries_at] = [(e.term, e.index, e.kind, e.data) for e in body[spec.entries_at]]
+        if spec.meta_at > 0:
+            meta = body[spec.meta_at]
+            body[spec.meta_at] = (meta.index, meta.term, sorted(meta.membership.voters),
+                                  sorted(meta.membership.learners))
         return _PREFIX + pack(body)
     except (TypeError, ValueError, OverflowError, AttributeError) as e:
         raise CodecError(f"cannot encode {m!r:.200}: {e}") from None
@@ -171,6 +183,8 @@ def decode(data: bytes | bytearray | memoryview) -> Wire:
             _bad_field(spec, i, body[i])
     if spec.entries_at > 0:
         body[spec.entries_at] = _decode_entries(spec, spec.entries_at, body[spec.entries_at])
+    if spec.meta_at > 0:
+        body[spec.meta_at] = _decode_meta(spec, spec.meta_at, body[spec.meta_at])
     return spec.cls(*body[1:])  # type: ignore[no-any-return]
 
 
@@ -198,6 +212,30 @@ def _decode_entries(spec: _Spec, i: int, v: object) -> tuple[Entry, ...]:
                              f"got {_describe(data)}")
         entries.append(Entry(term, index, entry_kind, data))  # type: ignore[arg-type]
     return tuple(entries)
+
+
+def _decode_meta(spec: _Spec, i: int, v: object) -> SnapshotMeta:
+    where = f"{spec.cls.__name__}.{spec.names[i - 1]}"
+    if type(v) is not list or len(v) != 4:
+        _bad_field(spec, i, v)
+    index, term, voters, learners = v  # type: ignore[misc]
+    for name, value in (("index", index), ("term", term)):
+        if type(value) is not int or value < 0 or value > _U63_MAX:
+            raise CodecError(f"{where}.{name}: expected {_KIND_NAMES[_U63]}, got {_describe(value)}")
+    members: list[frozenset[NodeId]] = []
+    for name, ids in (("voters", voters), ("learners", learners)):
+        if type(ids) is not list or len(ids) > _MAX_MEMBERS:
+            raise CodecError(f"{where}.{name}: expected an array of at most {_MAX_MEMBERS} node ids, "
+                             f"got {_describe(ids)}")
+        for node in ids:
+            if type(node) is not int or not 0 < node <= _U63_MAX:
+                raise CodecError(f"{where}.{name}: expected node ids in [1, 2**63), got {_describe(node)}")
+        members.append(frozenset(ids))
+    try:
+        membership = Membership(members[0], members[1])
+    except ValueError as e:
+        raise CodecError(f"{where}: {e}") from None
+    return SnapshotMeta(Index(index), Term(term), membership)
 
 
 def _bad_field(spec: _Spec, i: int, v: object) -> NoReturn:

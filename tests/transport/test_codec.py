@@ -30,6 +30,7 @@ from registry.raft import (
     Term,
     TimeoutNow,
 )
+from registry.raft import InstallSnapshot, InstallSnapshotResponse, Membership, SnapshotMeta
 from registry.transport import FORWARD_TAG, WIRE_VERSION, CodecError, Forward, decode, encode
 
 U63 = st.integers(min_value=0, max_value=2**63 - 1)
@@ -39,6 +40,10 @@ FIELD_STRATEGIES = {
     "bool": st.booleans(),
     "bytes": st.binary(max_size=64),
     "tuple[Entry, ...]": st.lists(ENTRY, max_size=6).map(tuple),
+    "SnapshotMeta": st.builds(
+        lambda index, term, ids, split: SnapshotMeta(index, term, Membership(frozenset(ids[:split]),
+                                                                             frozenset(ids[split:]))),
+        U63, U63, st.lists(st.integers(1, 2**63 - 1), max_size=7, unique=True), st.integers(0, 7)),
 }  # fmt: skip
 WIRE_TYPES = (*MESSAGE_TYPES, Forward)
 
@@ -91,6 +96,10 @@ GOLDEN = [
     (TimeoutNow(NodeId(1), NodeId(2), Term(3)), "019406010203"),
     (ReadIndex(NodeId(1), NodeId(2), Term(3), b"ctx"), "019507010203c403637478"),
     (ReadIndexResponse(NodeId(1), NodeId(2), Term(3), Index(7), b""), "01960801020307c400"),
+    (InstallSnapshot(NodeId(1), NodeId(2), Term(3), SnapshotMeta(Index(9), Term(2), Membership(
+        frozenset({NodeId(1), NodeId(2)}), frozenset({NodeId(5)}))), 4, b"ab", False),
+     "019809010203940902920102910504c4026162c2"),
+    (InstallSnapshotResponse(NodeId(1), NodeId(2), Term(3), Index(9), Term(2), 6), "01970a0102030902" "06"),
     (Forward(NodeId(2**63 - 1), NodeId(1), b"w"), "019440cf7fffffffffffffff01c40177"),
 ]
 
@@ -276,7 +285,9 @@ def test_one_wrong_field_is_always_caught(m: object, data: st.DataObject) -> Non
     fields = dataclasses.fields(m)  # type: ignore[arg-type]
     body = msgpack.unpackb(encode(m)[1:])  # type: ignore[arg-type]
     i = data.draw(st.integers(1, len(fields)))
-    wrong = {"bool": [1, b"x", None], "bytes": [1, True, "x", [b"x"]], "tuple[Entry, ...]": [b"", 1, {"a": 1}]}.get(
+    wrong = {"bool": [1, b"x", None], "bytes": [1, True, "x", [b"x"]], "tuple[Entry, ...]": [b"", 1, {"a": 1}],
+             "SnapshotMeta": [b"", 1, [1, 2, [1]], [1, 2, [0], []], [1, -2, [1], []], [1, 2, [1], [1]],
+                              [1, 2, "x", []]]}.get(
         fields[i - 1].type, [True, -1, 1.5, b"1", "1", 2**63]  # type: ignore[arg-type]
     )
     body[i] = data.draw(st.sampled_from(wrong))
