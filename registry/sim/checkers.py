@@ -57,6 +57,7 @@ class SafetyChecker:
         self.committed: dict[int, _Committed] = {}
         self.max_committed = 0
         self.applied: dict[int, _Committed] = {}
+        self.images: dict[int, bytes] = {}  # index -> digest of the state machine having applied up to it
         self._seen_leader: set[tuple[NodeId, int]] = set()
         self._node_term: dict[NodeId, int] = {}
         self._node_commit: dict[NodeId, int] = {}
@@ -201,6 +202,24 @@ class SafetyChecker:
             record = self.applied.setdefault(entry.index, committed)
             if record is not committed and not _same(entry, record):
                 raise Violation(f"state machine safety: two nodes applied different entries at index {entry.index}")
+
+    def on_image(self, node: NodeId, index: int, digest: bytes) -> None:
+        """`node`'s state machine, having applied everything up to `index`, has this digest."""
+        known = self.images.setdefault(index, digest)
+        if known != digest:
+            raise Violation(f"state machine safety: node {node}'s state at index {index} differs from "
+                            f"another node's at the same index")
+
+    def on_restored(self, node: NodeId, index: int) -> None:
+        """`node` replaced its state machine with a snapshot of `index` (its image is checked apart)."""
+        if index <= self._node_applied.get(node, 0):
+            raise Violation(f"snapshot safety: node {node} restored a snapshot of index {index} after "
+                            f"applying up to {self._node_applied[node]}")
+        self._node_applied[node] = index
+
+    def committed_term(self, index: int) -> int | None:
+        record = self.committed.get(index)
+        return record.term if record is not None else None
 
     # -- reads ------------------------------------------------------------------------------------
 

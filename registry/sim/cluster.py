@@ -6,6 +6,7 @@ election timeout. `registry sim --seed S --nodes N [--mutant M]` replays a run e
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from registry.raft import (
     Entry,
     EntryKind,
     Index,
-    InitialState,
+    InstallSnapshot,
     LocalError,
     Membership,
     Message,
@@ -25,7 +26,7 @@ from registry.raft import (
     RaftError,
     RawNode,
     Role,
-    SnapshotMeta,
+    Snapshot,
 )
 
 from .checkers import SafetyChecker, Violation
@@ -36,6 +37,8 @@ STEPS_PER_TICK = 5  # message latency is 1-3 steps: a round trip is about one ti
 ELECTION_TICKS = 10
 FAULT_TICKS = (400, 2000)  # a run has 40 minimum election timeouts of faults, or 200 (one run in five)
 LIVENESS_TICKS = 300  # after healing, everything must settle within this
+LONG_DOWNTIME_TICKS = (50, 250)  # a node down this long rejoins far behind the compacted log
+IMAGE_PADDING = b"." * 24  # makes a snapshot several chunks long at small max_msg_bytes
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class FaultProfile:
     max_inflight_msgs: int
     pre_vote: bool  # the cores' election options: every combination must be safe and live
     check_quorum: bool
+    snapshot_every: int  # applied entries between a node's snapshots; 0: never (the log only grows)
+    snapshot_keep: int  # entries kept behind a snapshot for followers slightly behind
+    long_downtime: float  # chance a crash keeps the node down for LONG_DOWNTIME_TICKS
 
     @classmethod
     def draw(cls, rng: random.Random) -> FaultProfile:
@@ -85,6 +91,9 @@ class FaultProfile:
             max_inflight_msgs=rng.choice([1, 2, 4, 8, 64]),
             pre_vote=rng.random() < 0.7,
             check_quorum=rng.random() < 0.7,
+            snapshot_every=rng.choice([0, 3, 5, 10, 20, 40]),
+            snapshot_keep=rng.choice([0, 0, 1, 3, 8]),
+            long_downtime=rng.choice([0.0, 0.05, 0.2]),
         )
 
 
@@ -97,6 +106,7 @@ class SimNode:
     down_until: int = 0
     paused_until: int = 0  # while paused, the node neither ticks nor receives
     held: list[Message] = field(default_factory=list)  # messages that arrived while paused
+    image: tuple[int, bytes] = (0, b"")  # the state machine: (applied index, digest of everything applied)
 
 
 @dataclass
@@ -151,7 +161,8 @@ class Simulation:
         self.partition_kind = ""
         self._leader_seen: dict[int, NodeId] = {}
         for key in ("crashes", "restarts", "lost_writes", "partitions", "transfers", "elections",
-                    "proposals", "operations_done", "reads_checked"):
+                    "proposals", "operations_done", "reads_checked", "snapshots_taken", "snapshots_installed",
+                    "installs_over_conflict", "snapshot_chunks", "long_downtimes"):
             self.stats[key] = 0
         for node in self.sim_nodes.values():
             self._start(node)
@@ -214,12 +225,12 @@ class Simulation:
         for node in self.sim_nodes.values():
             if node.raw is not None:
                 log = node.raw.raft.log
-                logs[node.node_id] = (log.last_index, log.last_term, log.term(index) == term)
+                holds = index <= log.snapshot_index or log.term(index) == term
+                logs[node.node_id] = (log.last_index, log.last_term, holds)
             else:  # what it will restart with
-                entries = node.disk.entries
-                last = entries[-1] if entries else None
-                holds = len(entries) >= index and entries[index - 1].term == term
-                logs[node.node_id] = (last.index if last else 0, last.term if last else 0, holds)
+                disk = node.disk
+                holds = index <= disk.snapshot_index or disk.term(index) == term
+                logs[node.node_id] = (*disk.last, holds)
         self.checker.check_committed_safe(logs, self.membership.voters)
 
     def _running(self, node: SimNode) -> bool:
@@ -247,13 +258,16 @@ class Simulation:
     def _start(self, node: SimNode) -> None:
         node.incarnation += 1
         rng = random.Random(f"{self.seed}/{node.node_id}/{node.incarnation}")
+        disk = node.disk
+        if disk.snapshot is not None:
+            node.image = self._read_image(node, disk.snapshot)
+        else:
+            node.image = (0, b"")
         config = Config(node.node_id, rng, election_ticks=ELECTION_TICKS, heartbeat_ticks=1,
                         pre_vote=self.profile.pre_vote, check_quorum=self.profile.check_quorum,
-                        max_inflight_msgs=self.profile.max_inflight_msgs, max_msg_bytes=self.profile.max_msg_bytes)
-        disk = node.disk
-        state = InitialState(SnapshotMeta(Index(0), 0, self.membership), disk.hard_state,  # type: ignore[arg-type]
-                             tuple(disk.entries))
-        node.raw = RawNode(config, state, raft_class=self.raft_class)
+                        max_inflight_msgs=self.profile.max_inflight_msgs, max_msg_bytes=self.profile.max_msg_bytes,
+                        applied=Index(node.image[0]))
+        node.raw = RawNode(config, disk.initial_state(self.membership), raft_class=self.raft_class)
         self.checker.on_restart(node.node_id, node.raw.raft)
 
     def _crash(self, node: SimNode, why: str) -> None:
@@ -265,6 +279,10 @@ class Simulation:
         self.stats["crashes"] += 1
         short = self.rng.random() < self.profile.short_downtime
         downtime = self.rng.randint(1, 3 if short else 3 * ELECTION_TICKS) * STEPS_PER_TICK
+        if why == "(kill -9)" and self.rng.random() < self.profile.long_downtime:
+            downtime = self.rng.randint(*LONG_DOWNTIME_TICKS) * STEPS_PER_TICK
+            self.stats["long_downtimes"] += 1
+            why += f" for {downtime // STEPS_PER_TICK} ticks"
         node.down_until = self.now + downtime
         self._event(f"node {node.node_id} crashes {why}")
 
@@ -293,26 +311,42 @@ class Simulation:
             if crash_at == 0:
                 self._crash(node, "before persisting a Ready")
                 return
+            disk = node.disk
+            if ready.snapshot is not None:
+                # The whole stored log goes: past the snapshot point nothing it drops may be committed.
+                meta = ready.snapshot.meta
+                dropped = [old for old in disk.entries if old.index > meta.index]
+                self.checker.on_persist(node.node_id, (), 0, dropped)
+                if any(disk.term(i) not in (None, self.checker.committed_term(i)) for i in range(
+                        disk.start + 1, min(meta.index, disk.last[0]) + 1)):
+                    self.stats["installs_over_conflict"] += 1
+                self.stats["snapshots_installed"] += 1
             if ready.entries:
                 first = ready.entries[0].index
                 prev_term = raw.raft.log.term(first - 1)
-                start = first - node.disk.snapshot_index - 1
-                replaced = [old for old, new in zip(node.disk.entries[start:], ready.entries) if old != new]
+                if ready.snapshot is not None:
+                    replaced = []
+                else:
+                    start = first - disk.start - 1
+                    replaced = [old for old, new in zip(disk.entries[start:], ready.entries) if old != new]
                 self.checker.on_persist(node.node_id, ready.entries, prev_term or 0, replaced)
-            node.disk.write(ready.entries, ready.hard_state, sync=ready.must_sync)
+            disk.write(ready.entries, ready.hard_state, sync=ready.must_sync, snapshot=ready.snapshot)
             if crash_at == 1:
                 self._crash(node, "after persisting a Ready, before sending")
                 return
             for message in ready.messages:
                 self.checker.on_sent(message)
                 self.network.send(message, self.now)
+                if isinstance(message, InstallSnapshot):
+                    self.stats["snapshot_chunks"] += 1
             if crash_at == 2:
                 self._crash(node, "after sending a Ready")
                 return
+            if ready.snapshot is not None:
+                node.image = self._read_image(node, ready.snapshot)
+                self.checker.on_restored(node.node_id, ready.snapshot.meta.index)
             self.checker.on_apply(node.node_id, ready.committed)
-            for entry in ready.committed:
-                if entry.kind is EntryKind.NORMAL:
-                    self.done_payloads.add(entry.data)
+            self._apply(node, ready.committed)
             for state in ready.read_states:
                 began = self.reads.pop(state.context, None)
                 if began is not None:
@@ -320,10 +354,54 @@ class Simulation:
                     self.stats["reads_checked"] += 1
             raw.advance(ready)
             self._observe(node)
+            if faults or self.profile.snapshot_every:
+                self._maybe_snapshot(node)
             if (faults and raw.raft.role is Role.LEADER and raw.raft.log.commit_index > commit_before
                     and self.rng.random() < self.profile.crash_after_commit):
                 self._crash(node, "right after its commit index moved")
                 return
+
+    # -- the state machine and its snapshots ------------------------------------------------------
+
+    def _apply(self, node: SimNode, entries: tuple[Entry, ...]) -> None:
+        """The simulated state machine: a running digest of every applied entry, which the
+        checker compares across nodes at each index (so an image restored from a snapshot is
+        checked against what the others applied)."""
+        index, digest = node.image
+        for entry in entries:
+            assert entry.index == index + 1, f"node {node.node_id} applies {entry.index} after {index}"
+            if entry.kind is EntryKind.NORMAL:
+                self.done_payloads.add(entry.data)
+            digest = hashlib.blake2b(digest + b"%d/%d/%d/" % (entry.index, entry.term, entry.kind) + entry.data,
+                                     digest_size=16).digest()
+            index = entry.index
+            self.checker.on_image(node.node_id, index, digest)
+        node.image = (index, digest)
+
+    def _read_image(self, node: SimNode, snapshot: Snapshot) -> tuple[int, bytes]:
+        data = snapshot.data
+        index_text, _, rest = data.partition(b":")
+        image = (int(index_text), rest[:16])
+        if image[0] != snapshot.meta.index or not rest.endswith(IMAGE_PADDING):
+            raise Violation(f"snapshot safety: node {node.node_id} got a snapshot at index {snapshot.meta.index} "
+                            f"whose image is of index {image[0]}")
+        self.checker.on_image(node.node_id, *image)
+        return image
+
+    def _maybe_snapshot(self, node: SimNode) -> None:
+        raw = node.raw
+        every = self.profile.snapshot_every
+        if raw is None or not every:
+            return
+        index, digest = node.image
+        if index - raw.raft.snapshot.meta.index < every:
+            return
+        data = b"%d:" % index + digest + IMAGE_PADDING
+        keep = self.profile.snapshot_keep
+        meta = raw.compact(Index(index), data, keep_entries=keep)
+        node.disk.save_snapshot(Snapshot(meta, data), max(node.disk.start, index - keep))
+        self.stats["snapshots_taken"] += 1
+        self._event(f"node {node.node_id} snapshots at index {index} (term {meta.term}), keeping {keep}")
 
     def _observe(self, node: SimNode) -> None:
         raft = node.raw.raft  # type: ignore[union-attr]

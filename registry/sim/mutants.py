@@ -5,7 +5,7 @@ A checker that never fails proves nothing; tests run these and assert a violatio
 
 from __future__ import annotations
 
-from registry.raft import NO_NODE, HardState, Raft, RequestVote
+from registry.raft import NO_NODE, AppendEntriesResponse, HardState, NodeId, Raft, RequestVote, Snapshot
 from registry.raft.core import _PendingRead
 
 
@@ -40,9 +40,24 @@ class ReadWithoutQuorum(Raft):
         self._answer_read(_PendingRead(self.log.commit_index, context, origin, 0))
 
 
+class InstallMatchesByIndex(Raft):
+    """Keeps its log when it merely has an entry at the snapshot's index, without comparing its
+    term: figure 13 step 6 keeps the log only if that entry has the snapshot's term too."""
+
+    def _install(self, snapshot: Snapshot, leader: NodeId) -> None:
+        meta = snapshot.meta
+        if meta.index <= self.log.last_index:
+            self.log.commit_to(meta.index)
+            self.send(AppendEntriesResponse(self.node_id, leader, self.term, True, meta.index))
+            return
+        super()._install(snapshot, leader)
+
+
 MUTANTS: dict[str, tuple[type[Raft], str]] = {
     "vote-without-log-check": (VoteWithoutLogCheck, "votes granted without the log up-to-date check (§5.4.1)"),
     "commit-previous-terms": (CommitPreviousTerms, "previous-term entries committed by counting replicas (§5.4.2)"),
     "vote-not-persisted": (VoteNotPersisted, "vote not persisted before replying (figure 2)"),
     "read-without-quorum": (ReadWithoutQuorum, "read index served without a quorum heartbeat round (§6.4)"),
+    "install-matches-by-index": (InstallMatchesByIndex,
+                                 "snapshot's point matched by index alone, not its term (figure 13 step 6)"),
 }

@@ -24,6 +24,7 @@ from registry.raft import (
     RawNode,
     ReadState,
     Role,
+    Snapshot,
     SnapshotMeta,
     Term,
 )
@@ -33,16 +34,37 @@ from registry.raft.core import Raft
 @dataclass
 class Disk:
     hard_state: HardState = field(default_factory=HardState)
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)  # the entries after `start`
+    snapshot: Snapshot | None = None  # the newest snapshot (None: the cluster's starting point)
+    start: int = 0  # the index the stored entries follow (a snapshot may keep a tail before it)
 
-    def write(self, entries: Iterable[Entry], hard_state: HardState | None, snapshot_index: int) -> None:
+    def write(self, entries: Iterable[Entry], hard_state: HardState | None, snapshot: Snapshot | None = None) -> None:
+        if snapshot is not None:  # a leader's snapshot replaces the whole log
+            self.snapshot, self.start, self.entries = snapshot, snapshot.meta.index, []
         entries = list(entries)
         if entries:
-            keep = entries[0].index - snapshot_index - 1
+            keep = entries[0].index - self.start - 1
             del self.entries[keep:]
             self.entries.extend(entries)
         if hard_state is not None:
             self.hard_state = hard_state
+
+    def save_snapshot(self, snapshot: Snapshot, compact_to: int) -> None:
+        """A snapshot this node took: it covers the log up to its index; entries to `compact_to` go."""
+        self.snapshot = snapshot
+        drop = compact_to - self.start
+        if drop > 0:
+            del self.entries[:drop]
+            self.start = compact_to
+
+    def initial_state(self, bootstrap: SnapshotMeta, data: bytes) -> InitialState:
+        """What a restart reads: the newest snapshot and the entries after it."""
+        if self.snapshot is None or self.snapshot.meta.index <= bootstrap.index:
+            meta, image = bootstrap, data
+        else:
+            meta, image = self.snapshot.meta, self.snapshot.data
+        after = [e for e in self.entries if e.index > meta.index]
+        return InitialState(meta, self.hard_state, tuple(after), image)
 
 
 def run(first: int, terms: list[int]) -> list[Entry]:
@@ -66,33 +88,37 @@ def settle(c: Cluster, keep: Callable[[Message], bool], rounds: int = 200) -> No
 
 class Cluster:
     def __init__(self, voters: Iterable[int] = (1, 2, 3), *, learners: Iterable[int] = (), seed: int = 0,
-                 raft_class: type[Raft] = Raft, snapshot: SnapshotMeta | None = None,
+                 raft_class: type[Raft] = Raft, snapshot: SnapshotMeta | None = None, snapshot_data: bytes = b"",
                  entries: dict[int, list[Entry]] | None = None, hard_states: dict[int, HardState] | None = None,
                  **config: object) -> None:
         self.membership = Membership(frozenset(NodeId(v) for v in voters), frozenset(NodeId(v) for v in learners))
         self.snapshot = snapshot or SnapshotMeta(Index(0), 0, self.membership)  # type: ignore[arg-type]
+        self.snapshot_data = snapshot_data or (f"image@{self.snapshot.index}".encode() if self.snapshot.index else b"")
         self.config = config
         self.seed = seed
         self.raft_class = raft_class
         self.disks: dict[NodeId, Disk] = {}
         self.nodes: dict[NodeId, RawNode] = {}
         self.applied: dict[NodeId, list[Entry]] = {}
+        self.restored: dict[NodeId, list[Snapshot]] = {}  # snapshots each node's state machine restored
         self.read_states: dict[NodeId, list[ReadState]] = {}
         self.pending: list[Message] = []
         self.sent: list[Message] = []  # every message ever sent, for assertions
         self.cut: set[tuple[int, int]] = set()  # (source, target) pairs whose messages vanish
         for node in sorted(self.membership.members):
-            disk = Disk((hard_states or {}).get(node, HardState()), list((entries or {}).get(node, [])))
+            disk = Disk((hard_states or {}).get(node, HardState()), list((entries or {}).get(node, [])),
+                        start=self.snapshot.index)
             self.disks[node] = disk
             self.start(node)
 
     def start(self, node: int) -> RawNode:
         disk = self.disks[NodeId(node)]
         cfg = Config(NodeId(node), random.Random(self.seed * 1000 + node), **self.config)  # type: ignore[arg-type]
-        state = InitialState(self.snapshot, disk.hard_state, tuple(disk.entries))
+        state = disk.initial_state(self.snapshot, self.snapshot_data)
         raw = RawNode(cfg, state, raft_class=self.raft_class)
         self.nodes[NodeId(node)] = raw
         self.applied[NodeId(node)] = []
+        self.restored[NodeId(node)] = []
         self.read_states[NodeId(node)] = []
         return raw
 
@@ -121,14 +147,25 @@ class Cluster:
         raw = self.nodes[NodeId(node)]
         while raw.has_ready():
             rd = raw.ready()
-            self.disks[NodeId(node)].write(rd.entries, rd.hard_state, self.snapshot.index)
+            self.disks[NodeId(node)].write(rd.entries, rd.hard_state, rd.snapshot)
             for m in rd.messages:
                 self.sent.append(m)
                 if (m.source, m.target) not in self.cut:
                     self.pending.append(m)
+            if rd.snapshot is not None:
+                self.restored[NodeId(node)].append(rd.snapshot)
             self.applied[NodeId(node)].extend(rd.committed)
             self.read_states[NodeId(node)].extend(rd.read_states)
             raw.advance(rd)
+
+    def compact(self, node: int, index: int | None = None, *, keep: int = 0) -> SnapshotMeta:
+        """Snapshot `node`'s state machine at `index` (default: all it applied) and compact."""
+        raw = self.nodes[NodeId(node)]
+        index = raw.raft.log.applied_index if index is None else index
+        data = f"image@{index}".encode()
+        meta = raw.compact(Index(index), data, keep_entries=keep)
+        self.disks[NodeId(node)].save_snapshot(Snapshot(meta, data), max(0, index - keep))
+        return meta
 
     def process_all(self) -> None:
         for node in list(self.nodes):

@@ -272,7 +272,7 @@ def test_initial_state_whose_entries_do_not_follow_the_snapshot_is_rejected() ->
     """Entries restored after a snapshot at 100 must start at 101."""
     entries = (Entry(Term(5), Index(100)),)
     with pytest.raises(ValueError, match=r"not contiguous after index 100: position 0 holds index 100"):
-        make_raft(InitialState(snap(100, 5), HardState(Term(5)), entries))
+        make_raft(InitialState(snap(100, 5), HardState(Term(5)), entries, b"image"))
 
 
 def test_initial_state_with_commit_beyond_last_index_is_rejected_clearly() -> None:
@@ -304,7 +304,7 @@ def test_initial_state_whose_terms_decrease_is_rejected(snapshot: SnapshotMeta, 
     breaks it is corrupt storage and must be refused at start, not used for votes (§5.4.1)."""
     entries = tuple(run(snapshot.index + 1, terms))
     with pytest.raises(ValueError, match="term"):
-        make_raft(InitialState(snapshot, HardState(Term(max(terms + [snapshot.term]))), entries))
+        make_raft(InitialState(snapshot, HardState(Term(max(terms + [snapshot.term]))), entries, b"image"))
 
 
 def test_valid_initial_state_restores_log_and_hard_state() -> None:

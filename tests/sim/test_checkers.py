@@ -140,3 +140,19 @@ def test_a_stale_read_index_is_a_violation() -> None:
         checker.on_read(NodeId(2), ReadState(Index(1), b"r"), committed_at_start=2)
     with pytest.raises(Violation, match="beyond anything committed"):
         checker.on_read(NodeId(2), ReadState(Index(3), b"r"), committed_at_start=0)
+
+
+def test_two_nodes_whose_state_differs_at_one_index_is_a_violation() -> None:
+    """Snapshots are checked by the image they carry: it must equal what others applied there."""
+    checker = SafetyChecker()
+    checker.on_image(NodeId(1), 7, b"a" * 16)
+    checker.on_image(NodeId(2), 7, b"a" * 16)
+    with pytest.raises(Violation, match="state at index 7 differs"):
+        checker.on_image(NodeId(3), 7, b"b" * 16)
+
+
+def test_restoring_a_snapshot_older_than_what_was_applied_is_a_violation() -> None:
+    checker = SafetyChecker()
+    checker.on_restored(NodeId(1), 5)
+    with pytest.raises(Violation, match="restored a snapshot of index 5 after applying up to 5"):
+        checker.on_restored(NodeId(1), 5)
