@@ -32,6 +32,11 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 @pytest.fixture
 def needs_hosts() -> None:
     """Skip (or, under CI, fail) unless this process can build test hosts."""
+    require_hosts()
+
+
+def require_hosts() -> None:
+    """Return if this process can build test hosts; else skip, or fail when ``CI`` is set."""
     missing = missing_requirements()
     if not missing:
         return

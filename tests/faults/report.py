@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 REPORT_PROPERTY = "faults_report"
+# Events the runs log that end a fault rather than inject one.
+RECOVERIES = frozenset({"heal", "heal-all", "restart", "sigcont"})
 _reports: dict[str, list[dict[str, Any]]] = {}
 
 
@@ -35,7 +37,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             runs += 1
             ops = sum(run["ops"].values())
             indet = sum(v for k, v in run["ops"].items() if k.endswith("indeterminate"))
-            faults = {k: v for k, v in run["faults"].items() if not k.startswith("heal")}
+            faults = {k: v for k, v in run["faults"].items() if k not in RECOVERIES}
             n_faults = sum(faults.values())
             total_ops, total_faults = total_ops + ops, total_faults + n_faults
             total_anomalies += len(run["anomalies"])
