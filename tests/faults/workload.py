@@ -112,7 +112,6 @@ class Workload:
             assert not thread.is_alive(), f"worker {thread.name} did not stop"
 
     def _work(self, name: str, servers: list[str], rng: random.Random) -> None:
-        rec = self.recorder
         with Client(servers, timeout_s=OP_TIMEOUT_S) as client:
             while not self._stop.is_set():
                 roll = rng.random()
