@@ -6,14 +6,15 @@ BIN := $(VENV)/bin
 # Re-install only when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up test clean
+.PHONY: venv up test soak clean
 
 venv: $(STAMP)
 
 # System packages: installed with apt-get when running as root (as CI does), else named.
 # Each entry is COMMAND-or-PYTHON-MODULE:PACKAGE.
 UP_NEEDS := py:venv:python3-venv py:ensurepip:python3-venv
-TEST_NEEDS := $(UP_NEEDS) cmd:dig:bind9-dnsutils cmd:systemd-analyze:systemd cmd:debootstrap:debootstrap cmd:systemd-nspawn:systemd-container
+TEST_NEEDS := $(UP_NEEDS) cmd:dig:bind9-dnsutils cmd:systemd-analyze:systemd cmd:debootstrap:debootstrap cmd:systemd-nspawn:systemd-container \
+	cmd:ip:iproute2 cmd:nft:nftables
 
 define ensure_packages
 	@missing=""; \
@@ -54,6 +55,13 @@ up: venv
 
 test: venv test-deps
 	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
+
+# Random fault schedules on test hosts (network namespaces; needs root) for SOAK_MINUTES minutes,
+# each run SOAK_RUN_SECONDS of faults; the report (runs, operations, faults, anomalies) is printed at the end.
+SOAK_MINUTES ?= 30
+SOAK_RUN_SECONDS ?= 60
+soak: venv test-deps
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_RUN_SECONDS=$(SOAK_RUN_SECONDS) $(BIN)/python -m pytest tests/faults -m soak -s $(PYTEST_ARGS)
 
 # Removes the virtual environment too.
 clean:

@@ -198,18 +198,23 @@ class Cluster:
     Clients made by ``client()`` are closed by ``close()``. Names are ``n1`` .. ``nN``.
     """
 
-    def __init__(self, root: Path, n: int = 3, *, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, root: Path, n: int = 3, *, extra_args: Sequence[str] = (),
+                 agents: Sequence[Agent] | None = None) -> None:
+        """``agents``: made by the caller (other hosts, other Agent types, peers already set),
+        instead of ``n`` agents on loopback that peer with each other directly."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(3 * n)
-        names = [f"n{i}" for i in range(1, n + 1)]
         self.agents: dict[str, Agent] = {}
-        for i, name in enumerate(names):
-            raft, client, dns = (f"127.0.0.1:{p}" for p in ports[3 * i:3 * i + 3])
-            self.agents[name] = Agent(name=name, data_dir=root / name, raft=raft, client=client, dns=dns,
-                                      log_path=root / f"{name}.log", extra_args=tuple(extra_args))
-        for agent in self.agents.values():
-            agent.peers = {o.name: o.raft for o in self.agents.values() if o.name != agent.name}
+        if agents is not None:
+            self.agents = {agent.name: agent for agent in agents}
+        else:
+            ports = free_ports(3 * n)
+            for i, name in enumerate(f"n{i}" for i in range(1, n + 1)):
+                raft, client, dns = (f"127.0.0.1:{p}" for p in ports[3 * i:3 * i + 3])
+                self.agents[name] = Agent(name=name, data_dir=root / name, raft=raft, client=client, dns=dns,
+                                          log_path=root / f"{name}.log", extra_args=tuple(extra_args))
+            for agent in self.agents.values():
+                agent.peers = {o.name: o.raft for o in self.agents.values() if o.name != agent.name}
         self._clients: list[Client] = []
 
     # -- processes ----------------------------------------------------------------------------
