@@ -1,16 +1,22 @@
 """The storage contract every backend keeps, its statistics, and its errors.
 
 The caller (the node loop) restores an InitialState once at start, then hands each Ready's
-`entries` and `hard_state` to save() BEFORE sending the Ready's messages.
+`snapshot`, `entries` and `hard_state` to save() BEFORE sending the Ready's messages.
+
+Snapshots taken by the node itself go in two steps, so that the slow part never runs on the
+node loop: write_snapshot() (any thread: the file only, durable on return), then, on the loop,
+adopt_snapshot() (a small transaction: the snapshot becomes current and the log entries it
+covers, up to `compact_to`, are deleted).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from registry.raft import Entry, HardState, Index, InitialState, Membership
+from registry.raft import Entry, HardState, Index, InitialState, Membership, Snapshot, SnapshotMeta
 
 
 class StorageError(Exception):
@@ -43,11 +49,14 @@ class StorageStats:
 
     used_bytes: int
     map_size_bytes: int | None
-    first_index: Index  # the first index the log can hold: snapshot index + 1
-    last_index: Index  # snapshot index when the log is empty
+    first_index: Index  # the first index the stored log holds: log start + 1 (<= snapshot index + 1,
+    #                     lower when entries are kept behind the snapshot for slow followers)
+    last_index: Index  # log start when the log is empty
     saves: int  # save() calls that wrote something
     syncs: int  # of which were made durable before returning
     deferred_hard_state: bool  # a commit-only hard state is waiting for the next durable save
+    snapshot_index: Index = Index(0)  # of the current durable snapshot; 0: none
+    snapshot_bytes: int = 0  # its data's size
 
 
 class Storage(Protocol):
@@ -63,6 +72,10 @@ class Storage(Protocol):
     snapshot index (the caller breaking this is a bug: AssertionError).
     Rule 4 (restore): initial_state() returns what was saved, read back and validated; bytes
     that fail validation raise CorruptStorage, never a guess.
+    Rule 5 (snapshots): a snapshot is durable before anything it covers is deleted, and a crash
+    at any point leaves the old snapshot with its log or the new one with its log. Stored entries
+    at or below the snapshot index but above the log start (a tail kept for slow followers) are
+    never returned by initial_state().
     """
 
     @property
@@ -74,10 +87,30 @@ class Storage(Protocol):
     def initial_state(self, membership: Membership) -> InitialState:
         """The snapshot point, hard state and every entry after it, in index order.
 
-        `membership` is the bootstrap configuration; it is used until snapshots store their own."""
+        `membership` is the bootstrap configuration, used while there is no snapshot; with one,
+        the snapshot's data and its own membership are returned."""
         ...
 
-    def save(self, entries: Sequence[Entry], hard_state: HardState | None, *, sync: bool) -> None: ...
+    def save(self, entries: Sequence[Entry], hard_state: HardState | None, *, sync: bool,
+             snapshot: Snapshot | None = None) -> None:
+        """With `snapshot` (a follower installing a leader's): the snapshot replaces the whole
+        stored log and any older snapshot, then `entries` follow it; all or nothing, durable."""
+        ...
+
+    def write_snapshot(self, snapshot: Snapshot) -> Path:
+        """Write a snapshot the node took, durably, but do not make it current. Thread-safe: the
+        node loop may save() meanwhile. Pass the result to adopt_snapshot() or discard_snapshot()."""
+        ...
+
+    def adopt_snapshot(self, meta: SnapshotMeta, path: Path, compact_to: Index) -> None:
+        """Make the written snapshot at `path` current and delete stored entries <= compact_to
+        (<= meta.index). Durable on return. A snapshot not newer than the current one is an
+        AssertionError (the caller checks, and discards the file instead)."""
+        ...
+
+    def discard_snapshot(self, path: Path) -> None:
+        """Remove a snapshot file written but never adopted."""
+        ...
 
     def used_bytes(self) -> int: ...
 

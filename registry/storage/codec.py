@@ -7,6 +7,8 @@ refused at start, not replayed into the state machine or counted as a vote.
     entry      v1: version u8 | kind u8 | term u64 | index u64 | crc32 u32 | data
     hard state v1: version u8 | term u64 | voted_for u64 | commit u64 | crc32 u32
     log start  v1: version u8 | index u64 | term u64 | crc32 u32
+    snapshot   v1: version u8 | index u64 | term u64 | size u64 | data crc32 u32 | crc32 u32 |
+                   msgpack [file name, [voter ids], [learner ids]]
 
 Integers are big-endian. Log keys are the 8-byte big-endian index, so LMDB's byte order of keys
 is index order. Decoders accept bytes or memoryview and raise CorruptStorage saying what failed.
@@ -16,8 +18,11 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
-from registry.raft import Entry, EntryKind, HardState, Index, NodeId, Term
+import msgpack
+
+from registry.raft import Entry, EntryKind, HardState, Index, Membership, NodeId, SnapshotMeta, Term
 
 from .base import CorruptStorage
 
@@ -27,6 +32,7 @@ MAX_INDEX = 2**64 - 1
 _ENTRY = struct.Struct(">BBQQ")  # followed by crc32, then data
 _HARD_STATE = struct.Struct(">BQQQ")
 _LOG_START = struct.Struct(">BQQ")
+_SNAPSHOT = struct.Struct(">BQQQI")
 _CRC = struct.Struct(">I")
 
 ENTRY_HEADER_BYTES = _ENTRY.size + _CRC.size
@@ -91,3 +97,34 @@ def encode_log_start(index: int, term: int) -> bytes:
 def decode_log_start(raw: bytes | memoryview) -> tuple[Index, Term]:
     _, index, term = _open(raw, _LOG_START, "log start", exact=True)
     return Index(index), Term(term)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """What the meta db says of the current snapshot: its point, and the file that holds its
+    data (a name in the snapshots directory) with the data's size and CRC-32, which the file's
+    own header must repeat."""
+
+    meta: SnapshotMeta
+    file_name: str
+    size: int
+    crc32: int
+
+
+def encode_snapshot_record(record: SnapshotRecord) -> bytes:
+    meta = record.meta
+    tail = msgpack.packb([record.file_name, sorted(meta.membership.voters), sorted(meta.membership.learners)],
+                         use_bin_type=True)
+    return _seal(_SNAPSHOT.pack(FORMAT_VERSION, meta.index, meta.term, record.size, record.crc32), tail)
+
+
+def decode_snapshot_record(raw: bytes | memoryview) -> SnapshotRecord:
+    _, index, term, size, crc = _open(raw, _SNAPSHOT, "snapshot record", exact=False)
+    try:
+        name, voters, learners = msgpack.unpackb(bytes(raw[_SNAPSHOT.size + _CRC.size:]), raw=False)
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"bad file name {name!r:.60}")
+        membership = Membership(frozenset(NodeId(int(v)) for v in voters), frozenset(NodeId(int(v)) for v in learners))
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise CorruptStorage(f"snapshot record does not decode: {exc}") from None
+    return SnapshotRecord(SnapshotMeta(Index(index), Term(term), membership), name, size, crc)

@@ -9,8 +9,27 @@ Layout of a data directory:
                b"node_name"  -> UTF-8   \\ identity: written by the first open,
                b"cluster_id" -> UTF-8   /  compared by every later one
                b"hard_state" -> codec hard state (term, voted_for, commit)
-               b"log_start"  -> codec (index, term) the log starts after: the snapshot point,
-                                (0, 0) until snapshots exist; `log` holds only later indexes
+               b"log_start"  -> codec (index, term) the log starts after, (0, 0) before the
+                                first snapshot; `log` holds exactly the indexes after it. It is at
+                                or below the snapshot index: entries kept behind the snapshot
+                                for followers only slightly behind are in the log but are never
+                                restored (initial_state returns the entries after the snapshot)
+               b"snapshot"   -> codec snapshot record: index, term, membership, file name, size
+                                and CRC-32 of the current snapshot; absent until the first one
+    <data-dir>/snapshots/snap-<index>-<term>.snap   snapshot files (storage/snapfile.py); only
+                                the one the record names is current. A file is written and made
+                                durable BEFORE the transaction that records it, and older files
+                                are deleted only after it, so a crash anywhere leaves the old
+                                snapshot with its log or the new one with its log. At open, temp
+                                files and files no record names (written, never adopted) are removed.
+
+Disk bound: LMDB reuses the pages that deleted entries free, so with snapshots the file stops
+growing at roughly the largest log between two snapshots plus the free pages of a few
+transactions. It never shrinks by itself, though: after the log once grew large (a burst of
+writes, or a node that ran without snapshots), open() rewrites the file with a compacting copy
+when it is over COMPACT_MIN_BYTES and more than COMPACT_RATIO times the live pages (see
+_maybe_compact_file): at open, because then no transaction can run and the copy costs only a
+start-up delay proportional to the live data.
 """
 
 from __future__ import annotations
@@ -19,13 +38,15 @@ import errno
 import fcntl
 import logging
 import os
+import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import lmdb
 
-from registry.raft import Entry, HardState, Index, InitialState, Membership, SnapshotMeta, Term
+from registry.raft import Entry, HardState, Index, InitialState, Membership, Snapshot, SnapshotMeta, Term
 
 from .base import (
     CorruptStorage,
@@ -38,15 +59,19 @@ from .base import (
 )
 from .codec import (
     FORMAT_VERSION,
+    SnapshotRecord,
     decode_entry,
     decode_hard_state,
     decode_log_start,
+    decode_snapshot_record,
     encode_entry,
     encode_hard_state,
     encode_log_start,
+    encode_snapshot_record,
     index_key,
     key_index,
 )
+from .snapfile import SnapshotFileError, read_snapshot_file, read_snapshot_header, write_snapshot_file
 
 LOCK_FILE = "LOCK"
 ENV_DIR = "raft"
@@ -57,6 +82,17 @@ NODE_NAME_KEY = b"node_name"
 CLUSTER_ID_KEY = b"cluster_id"
 HARD_STATE_KEY = b"hard_state"
 LOG_START_KEY = b"log_start"
+SNAPSHOT_KEY = b"snapshot"
+SNAPSHOT_DIR = "snapshots"
+_SNAPSHOT_NAME = re.compile(r"snap-(\d{20})-(\d{20})\.snap")
+
+#: adopt_snapshot() deletes at most this many log entries per transaction; compact_step()
+#: deletes the rest, a batch per call, so no transaction on the node loop grows with the log.
+COMPACT_BATCH_ENTRIES = 5_000
+#: At open, a file over COMPACT_MIN_BYTES holding more than COMPACT_RATIO times its live pages
+#: is rewritten with a compacting copy.
+COMPACT_MIN_BYTES = 64 * 1024**2
+COMPACT_RATIO = 4
 
 _T = TypeVar("_T")
 
@@ -125,9 +161,17 @@ class LmdbStorage:
         self._warned_fraction = 0.0
         self._saves = 0
         self._syncs = 0
+        self._snap_dir = self.path / SNAPSHOT_DIR
+        self._snapshot: SnapshotRecord | None = None  # the current durable snapshot
+        # Invariant: _start_index <= _compact_goal <= snapshot index; entries up to the goal may go.
+        self._compact_goal = Index(0)
+        self._pending_start: tuple[Index, Term] | None = None  # set by _delete_prefix inside a transaction
+        self.compacted_file: tuple[int, int] | None = None  # (bytes before, after) if open() compacted
         try:
             self._lock_fd = _lock_data_dir(self.path)
             self._open_env(map_size_bytes)
+            self._maybe_compact_file(map_size_bytes)
+            self._clean_snapshot_dir()
         except BaseException:
             self._release()
             raise
@@ -169,7 +213,7 @@ class LmdbStorage:
         """Compare the stored identity with ours, or store ours on first use. True if created."""
         env = self._require_env()
         keys = (FORMAT_KEY, NODE_NAME_KEY, CLUSTER_ID_KEY, HARD_STATE_KEY, LOG_START_KEY)
-        with env.begin(db=self._meta_db) as txn:
+        with env.begin(db=self._meta_db) as txn:  # NB: SNAPSHOT_KEY is optional: absent until the first
             stored = {k: txn.get(k) for k in keys}
             log_entries = txn.stat(self._log_db)["entries"]
         if all(v is None for v in stored.values()) and log_entries == 0:
@@ -205,6 +249,91 @@ class LmdbStorage:
                 decode_log_start, txn.get(LOG_START_KEY, db=self._meta_db), "the log start")
             cursor = txn.cursor(db=self._log_db)
             self._last_index = key_index(cursor.key()) if cursor.last() else self._start_index
+            raw = txn.get(SNAPSHOT_KEY, db=self._meta_db)
+            self._snapshot = None if raw is None else self._decode(decode_snapshot_record, raw, "the snapshot record")
+        snapshot_index = self._snapshot.meta.index if self._snapshot is not None else 0
+        if not self._start_index <= snapshot_index <= self._last_index:
+            raise CorruptStorage(self._damaged(
+                f"the log holds ({self._start_index}, {self._last_index}] but the snapshot is at index "
+                f"{snapshot_index}: the log must start at or before the snapshot and reach it"))
+        if self._snapshot is not None:
+            self._check_snapshot_file(self._snapshot)
+        self._compact_goal = self._start_index
+
+    def _check_snapshot_file(self, record: SnapshotRecord) -> None:
+        """The file the record names exists and its header agrees with the record."""
+        path = self._snap_dir / record.file_name
+        try:
+            header = read_snapshot_header(path)
+        except FileNotFoundError:
+            raise CorruptStorage(self._damaged(f"the snapshot file {path} is missing")) from None
+        except (SnapshotFileError, OSError) as e:
+            raise CorruptStorage(self._damaged(f"the snapshot file is unreadable: {e}")) from None
+        if (header.meta, header.size, header.crc32) != (record.meta, record.size, record.crc32):
+            raise CorruptStorage(self._damaged(
+                f"the snapshot file {path} holds index {header.meta.index} term {header.meta.term}, "
+                f"{header.size} bytes, but the log recorded index {record.meta.index} term {record.meta.term}, "
+                f"{record.size} bytes"))
+
+    def _clean_snapshot_dir(self) -> None:
+        """Remove temp files and snapshot files no record names (a crash before adopting them, or
+        before deleting the older file)."""
+        self._snap_dir.mkdir(mode=0o700, exist_ok=True)
+        keep = self._snapshot.file_name if self._snapshot is not None else None
+        removed = []
+        for entry in self._snap_dir.iterdir():
+            name = entry.name
+            if name != keep and (_SNAPSHOT_NAME.fullmatch(name) or (name.startswith(".") and ".tmp-" in name)):
+                entry.unlink(missing_ok=True)
+                removed.append(name)
+        if removed:
+            _fsync_dir(self._snap_dir)
+            self._logger.info("removed %d snapshot files no record names: %s", len(removed), ", ".join(sorted(removed)))
+
+    def _live_bytes(self) -> int:
+        """Bytes of the pages that hold data (every db's branch, leaf and overflow pages)."""
+        env = self._require_env()
+
+        def pages(stat: dict[str, int]) -> int:
+            return stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        with env.begin() as txn:
+            total = pages(env.stat()) + pages(txn.stat(self._log_db)) + pages(txn.stat(self._meta_db))
+        return (total + 2) * self._page_bytes  # + the two meta pages
+
+    def _maybe_compact_file(self, map_size_bytes: int) -> None:
+        """Rewrite the LMDB file without its free pages when it is much larger than its data.
+
+        NB: crash-safe by construction: the copy is written and fsynced under a temporary name,
+        then renamed over data.mdb (atomic), so a crash leaves the old file or the new one."""
+        tmp_dir = self.path / ".compact.tmp"
+        if tmp_dir.exists():  # a copy a crash interrupted: never renamed, so never used
+            for f in tmp_dir.iterdir():
+                f.unlink()
+            tmp_dir.rmdir()
+        used, live = self.used_bytes(), self._live_bytes()
+        if used < COMPACT_MIN_BYTES or used < COMPACT_RATIO * live:
+            return
+        env_dir = self.path / ENV_DIR
+        started = time.monotonic()
+        tmp_dir.mkdir(mode=0o700)
+        env = self._require_env()
+        env.copy(str(tmp_dir), compact=True)
+        copied = tmp_dir / "data.mdb"
+        fd = os.open(copied, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        env.close()
+        self._env = None
+        os.replace(copied, env_dir / "data.mdb")
+        _fsync_dir(env_dir)
+        tmp_dir.rmdir()
+        self._open_env(map_size_bytes)
+        after = self.used_bytes()
+        self.compacted_file = (used, after)
+        self._logger.info("compacted %s: %d -> %d bytes (%d live) in %.2f s", env_dir / "data.mdb", used, after,
+                          live, time.monotonic() - started)
 
     # -- the protocol -----------------------------------------------------------------------------
 
@@ -216,18 +345,46 @@ class LmdbStorage:
     def cluster_id(self) -> str:
         return self._cluster_id
 
+    @property
+    def snapshot_index(self) -> Index:
+        return self._snapshot.meta.index if self._snapshot is not None else Index(0)
+
     def initial_state(self, membership: Membership) -> InitialState:
-        """Read back the hard state and the whole log, validating each entry and contiguity."""
+        """Read back the snapshot (its file checked whole), the hard state and the log after the
+        snapshot, validating each entry and contiguity."""
         env = self._require_env()
+        record = self._snapshot
+        data = b""
+        start_index, start_term = self._start_index, self._start_term
+        if record is not None:
+            path = self._snap_dir / record.file_name
+            try:
+                snapshot = read_snapshot_file(path)
+            except (SnapshotFileError, OSError) as e:
+                raise CorruptStorage(self._damaged(f"the snapshot file is unreadable: {e}")) from None
+            if (snapshot.meta, len(snapshot.data)) != (record.meta, record.size):
+                raise CorruptStorage(self._damaged(f"the snapshot file {path} does not hold the recorded snapshot"))
+            data, membership = snapshot.data, record.meta.membership
+            start_index, start_term = record.meta.index, record.meta.term
         entries: list[Entry] = []
-        expected, previous_term = self._start_index + 1, self._start_term
+        expected, previous_term = start_index + 1, start_term
         with env.begin(db=self._log_db, buffers=True) as txn:
             hard_state = self._decode(decode_hard_state, txn.get(HARD_STATE_KEY, db=self._meta_db), "the hard state")
-            for key, value in txn.cursor():
+            if record is not None and record.meta.index > self._start_index:
+                raw = txn.get(index_key(record.meta.index))
+                if raw is not None and self._decode(decode_entry, raw, "the log entry at the snapshot index").term \
+                        != record.meta.term:
+                    raise CorruptStorage(self._damaged(
+                        f"the log entry at the snapshot index {record.meta.index} has another term than the "
+                        f"snapshot ({record.meta.term})"))
+            cursor = txn.cursor()
+            # NB: set_range fails when nothing follows the snapshot; iternext() would then start
+            # at the first key (the kept tail), so iterate nothing.
+            for key, value in cursor.iternext() if cursor.set_range(index_key(expected)) else ():
                 index = key_index(key)
                 if index != expected:
                     what = (f"index {expected} is missing (the next stored index is {index})" if index > expected
-                            else f"index {index} is stored, but the log starts after index {self._start_index}")
+                            else f"index {index} is stored, but the log starts after index {start_index}")
                     raise CorruptStorage(self._damaged(f"the log has a gap at index {expected}: {what}"))
                 entry = self._decode(decode_entry, value, f"the log entry at index {index}")
                 if entry.index != index:
@@ -240,21 +397,24 @@ class LmdbStorage:
                 expected, previous_term = Index(expected + 1), entry.term
         if self._deferred_hard_state is not None:
             hard_state = self._deferred_hard_state
-        last = max(self._start_index, entries[-1].index if entries else 0)
+        last = max(start_index, entries[-1].index if entries else 0)
         if hard_state.commit > last:
             raise CorruptStorage(self._damaged(
                 f"the hard state commits index {hard_state.commit}, beyond the last log index {last}"))
-        return InitialState(SnapshotMeta(self._start_index, self._start_term, membership), hard_state, tuple(entries))
+        return InitialState(SnapshotMeta(start_index, start_term, membership), hard_state, tuple(entries), data)
 
-    def save(self, entries: Sequence[Entry], hard_state: HardState | None, *, sync: bool) -> None:
+    def save(self, entries: Sequence[Entry], hard_state: HardState | None, *, sync: bool,
+             snapshot: Snapshot | None = None) -> None:
         """Write `entries` (replacing the stored suffix from entries[0].index) and `hard_state` in
         one transaction, durable on return; a commit-only hard state with sync=False is deferred
-        (see the class docstring). Raises StorageFull (nothing written) or StorageError."""
+        (see the class docstring). With `snapshot`, install it first (see _install). Raises
+        StorageFull (nothing written) or StorageError."""
         self._require_env()
-        if self._failed is not None:
-            raise StorageError(f"refusing to write to {self.path}: an earlier write failed ({self._failed}); "
-                               "restart the node")
-        check_batch(entries, self._start_index, self._last_index)
+        self._require_writable()
+        if snapshot is not None:
+            self._install(snapshot, entries, hard_state)
+            return
+        check_batch(entries, self.snapshot_index, self._last_index)
         if not entries:
             if hard_state is None:
                 if not (sync and self._deferred_hard_state is not None):
@@ -264,6 +424,165 @@ class LmdbStorage:
                 self._deferred_hard_state = hard_state
                 return
         self._write(entries, hard_state if hard_state is not None else self._deferred_hard_state)
+
+    def _require_writable(self) -> None:
+        if self._failed is not None:
+            raise StorageError(f"refusing to write to {self.path}: an earlier write failed ({self._failed}); "
+                               "restart the node")
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def snapshot_path(self, meta: SnapshotMeta) -> Path:
+        return self._snap_dir / f"snap-{meta.index:020d}-{meta.term:020d}.snap"
+
+    def write_snapshot(self, snapshot: Snapshot, *, kind: str = "node") -> Path:
+        """Write `snapshot` to its file, durably; it is not current until adopt_snapshot().
+
+        Thread-safe: it touches only its own file (and the directory entry), never LMDB, so a
+        thread may write while the node loop saves."""
+        path = self.snapshot_path(snapshot.meta)
+        try:
+            write_snapshot_file(path, snapshot, kind=kind)
+        except OSError as e:
+            raise StorageError(f"writing the snapshot file {path} failed: {e}; check the disk") from e
+        return path
+
+    def discard_snapshot(self, path: Path) -> None:
+        """Remove a file write_snapshot() made that will not be adopted (never the current one)."""
+        if self._snapshot is not None and Path(path).name == self._snapshot.file_name:
+            return
+        Path(path).unlink(missing_ok=True)
+
+    def _install(self, snapshot: Snapshot, entries: Sequence[Entry], hard_state: HardState | None) -> None:
+        """A leader's snapshot replaces the whole log and the older snapshot (Raft figure 13,
+        steps 6-8), and `entries` follow it; durable on return.
+
+        Order: the file is written and fsynced first; then ONE transaction records it, deletes
+        every log entry, moves the log start to the snapshot and writes the entries and hard
+        state; then the older file is deleted. A crash before the commit leaves the old state and
+        an unreferenced new file (removed at the next open)."""
+        meta = snapshot.meta
+        assert meta.index > self.snapshot_index, (
+            f"installing a snapshot at {meta.index}, not after the current one at {self.snapshot_index}")
+        assert meta.index > 0 and len(snapshot.data) > 0, "a snapshot needs an index and data"
+        check_batch(entries, meta.index, meta.index)
+        path = self.write_snapshot(snapshot, kind="install")
+        header = read_snapshot_header(path)
+        record = SnapshotRecord(meta, path.name, header.size, header.crc32)
+        hard_state = hard_state if hard_state is not None else self._deferred_hard_state
+
+        def work(txn: lmdb.Transaction) -> None:
+            txn.put(SNAPSHOT_KEY, encode_snapshot_record(record), db=self._meta_db)
+            txn.drop(self._log_db, delete=False)  # every entry, a kept tail and a conflicting suffix too
+            txn.put(LOG_START_KEY, encode_log_start(meta.index, meta.term), db=self._meta_db)
+            if entries:
+                _, added = txn.cursor(db=self._log_db).putmulti(
+                    [(index_key(e.index), encode_entry(e)) for e in entries], append=True)
+                assert added == len(entries), f"only {added} of {len(entries)} entries were appended"
+            if hard_state is not None:
+                txn.put(HARD_STATE_KEY, encode_hard_state(hard_state), db=self._meta_db)
+
+        try:
+            self._transact(work)
+        except BaseException:
+            self.discard_snapshot(path)
+            raise
+        old, self._snapshot = self._snapshot, record
+        self._start_index, self._start_term = meta.index, meta.term
+        self._compact_goal = meta.index
+        self._last_index = entries[-1].index if entries else meta.index
+        if hard_state is not None:
+            self._durable_hard_state = hard_state
+            self._deferred_hard_state = None
+        self._remove_old_snapshot(old)
+
+    def adopt_snapshot(self, meta: SnapshotMeta, path: Path, compact_to: Index) -> None:
+        """Make the snapshot write_snapshot() wrote at `path` current, and delete log entries
+        up to `compact_to` (the caller keeps a tail behind meta.index for slow followers).
+
+        One small transaction, durable on return: the record, the log start, and at most
+        COMPACT_BATCH_ENTRIES deletions; compact_step() deletes what is left."""
+        self._require_env()
+        self._require_writable()
+        assert meta.index > self.snapshot_index, (
+            f"adopting a snapshot at {meta.index}, not after the current one at {self.snapshot_index}")
+        assert compact_to <= meta.index <= self._last_index, (
+            f"compact_to {compact_to} <= snapshot {meta.index} <= last stored index {self._last_index} is broken")
+        path = Path(path)
+        assert path.parent == self._snap_dir, f"{path} is not in {self._snap_dir}"
+        try:
+            header = read_snapshot_header(path)
+        except (SnapshotFileError, OSError) as e:
+            raise StorageError(f"the snapshot file {path} written for adoption is unreadable: {e}") from e
+        assert header.meta == meta, f"{path} holds {header.meta}, not {meta}"
+        record = SnapshotRecord(meta, path.name, header.size, header.crc32)
+        self._compact_goal = Index(max(self._start_index, compact_to))
+        hard_state = self._deferred_hard_state
+
+        def work(txn: lmdb.Transaction) -> None:
+            txn.put(SNAPSHOT_KEY, encode_snapshot_record(record), db=self._meta_db)
+            if hard_state is not None:
+                txn.put(HARD_STATE_KEY, encode_hard_state(hard_state), db=self._meta_db)
+            self._delete_prefix(txn)
+
+        self._transact(work)
+        old, self._snapshot = self._snapshot, record
+        if hard_state is not None:
+            self._durable_hard_state = hard_state
+            self._deferred_hard_state = None
+        self._remove_old_snapshot(old)
+
+    def compact_step(self) -> bool:
+        """Delete up to COMPACT_BATCH_ENTRIES more entries that a snapshot covers; returns
+        whether entries are still waiting to be deleted. For the node loop, when idle."""
+        if self._compact_goal <= self._start_index or self._failed is not None or self._env is None:
+            return False
+        self._transact(self._delete_prefix)
+        return self._compact_goal > self._start_index
+
+    def _delete_prefix(self, txn: lmdb.Transaction) -> None:
+        """Delete entries (start, min(goal, start + batch)] and move the log start past them."""
+        end = min(self._compact_goal, self._start_index + COMPACT_BATCH_ENTRIES)
+        if end <= self._start_index:
+            return
+        cursor = txn.cursor(db=self._log_db)
+        raw = cursor.get(index_key(end))
+        assert raw is not None, f"entry {end} is not stored: the log holds ({self._start_index}, {self._last_index}]"
+        term = decode_entry(raw).term
+        cursor.first()
+        while (key := cursor.key()) and key_index(key) <= end:
+            cursor.delete()  # deletes and moves to the next entry
+        txn.put(LOG_START_KEY, encode_log_start(end, term), db=self._meta_db)
+        self._pending_start = (Index(end), term)
+
+    def _transact(self, work: Callable[[lmdb.Transaction], None]) -> None:
+        """Run `work` in one durable write transaction, with the same failure handling as _write."""
+        env = self._require_env()
+        self._pending_start = None
+        try:
+            with env.begin(write=True) as txn:
+                work(txn)
+        except lmdb.MapFullError:
+            raise StorageFull(
+                f"the Raft log in {self.path} is full: it uses {self.used_bytes()} of {self._map_size} "
+                "bytes; restart with a larger --max-db-bytes") from None
+        except lmdb.Error as e:
+            self._failed = str(e)
+            raise StorageError(f"writing the Raft log in {self.path} failed: {e}; the node must stop; "
+                               "check the disk and restart it") from e
+        if self._pending_start is not None:
+            self._start_index, self._start_term = self._pending_start
+        self._saves += 1
+        self._syncs += 1
+
+    def _remove_old_snapshot(self, old: SnapshotRecord | None) -> None:
+        if old is not None and (self._snapshot is None or old.file_name != self._snapshot.file_name):
+            try:
+                (self._snap_dir / old.file_name).unlink(missing_ok=True)
+            except OSError as e:  # harmless: the next open removes it
+                self._logger.warning("could not remove the old snapshot file %s: %s", old.file_name, e)
+
+    # -- writing entries --------------------------------------------------------------------------
 
     def _write(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
         env = self._require_env()
@@ -308,6 +627,7 @@ class LmdbStorage:
             first_index=Index(self._start_index + 1), last_index=self._last_index,
             saves=self._saves, syncs=self._syncs,
             deferred_hard_state=self._deferred_hard_state is not None,
+            snapshot_index=self.snapshot_index, snapshot_bytes=self._snapshot.size if self._snapshot else 0,
         )
 
     def close(self) -> None:

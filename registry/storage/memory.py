@@ -8,8 +8,9 @@ away. Code that passes against it does not rely on more durability than the cont
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-from registry.raft import Entry, HardState, Index, InitialState, Membership, SnapshotMeta, Term
+from registry.raft import Entry, HardState, Index, InitialState, Membership, Snapshot, SnapshotMeta, Term
 
 from .base import StorageError, StorageFull, StorageStats, check_batch
 from .codec import ENTRY_HEADER_BYTES
@@ -23,8 +24,12 @@ class MemoryStorage:
         self._cluster_id = cluster_id
         self._max_bytes = max_bytes
         self._closed = False
-        self._start_index = Index(0)  # the snapshot point; 0 until snapshots exist
+        # The log holds the indexes after _start_index (<= the snapshot index: a kept tail).
+        self._start_index = Index(0)
         self._start_term = Term(0)
+        # Snapshots are durable at once, as the LMDB store's files and transactions are.
+        self._snapshot: Snapshot | None = None
+        self._written: dict[Path, Snapshot] = {}  # write_snapshot() output, not adopted yet
         # What survives crash(): entries after _start_index, contiguous.
         self._durable_entries: list[Entry] = []
         self._durable_hard_state = HardState()
@@ -45,15 +50,65 @@ class MemoryStorage:
     def cluster_id(self) -> str:
         return self._cluster_id
 
+    @property
+    def snapshot_index(self) -> Index:
+        return self._snapshot.meta.index if self._snapshot is not None else Index(0)
+
     def initial_state(self, membership: Membership) -> InitialState:
         self._require_open()
-        return InitialState(SnapshotMeta(self._start_index, self._start_term, membership),
-                            self._hard_state, tuple(self._entries))
+        if self._snapshot is None:
+            return InitialState(SnapshotMeta(self._start_index, self._start_term, membership),
+                                self._hard_state, tuple(self._entries))
+        meta = self._snapshot.meta
+        after = tuple(e for e in self._entries if e.index > meta.index)
+        return InitialState(meta, self._hard_state, after, self._snapshot.data)
 
-    def save(self, entries: Sequence[Entry], hard_state: HardState | None, *, sync: bool) -> None:
+    def write_snapshot(self, snapshot: Snapshot, *, kind: str = "node") -> Path:
+        path = Path(f"memory/snap-{snapshot.meta.index:020d}-{snapshot.meta.term:020d}.snap")
+        self._written[path] = snapshot
+        return path
+
+    def discard_snapshot(self, path: Path) -> None:
+        self._written.pop(Path(path), None)
+
+    def adopt_snapshot(self, meta: SnapshotMeta, path: Path, compact_to: Index) -> None:
         self._require_open()
+        assert meta.index > self.snapshot_index, f"adopting {meta.index}, not after {self.snapshot_index}"
         last = self._entries[-1].index if self._entries else self._start_index
-        check_batch(entries, self._start_index, last)
+        assert compact_to <= meta.index <= last, f"compact_to {compact_to} <= {meta.index} <= {last} is broken"
+        snapshot = self._written.pop(Path(path))
+        assert snapshot.meta == meta, f"{path} holds {snapshot.meta}, not {meta}"
+        self.sync()  # like the LMDB store: a durable transaction makes every earlier write durable
+        self._snapshot = snapshot
+        if compact_to > self._start_index:
+            self._start_term = self._entries[compact_to - self._start_index - 1].term
+            del self._entries[:compact_to - self._start_index]
+            del self._durable_entries[:compact_to - self._start_index]
+            self._start_index = Index(compact_to)
+            self._used_bytes = _size(self._entries)
+
+    def compact_step(self) -> bool:
+        return False  # adopt_snapshot deletes the whole prefix at once
+
+    def save(self, entries: Sequence[Entry], hard_state: HardState | None, *, sync: bool,
+             snapshot: Snapshot | None = None) -> None:
+        self._require_open()
+        if snapshot is not None:
+            meta = snapshot.meta
+            assert meta.index > self.snapshot_index and snapshot.data, "a newer snapshot with data is installed"
+            check_batch(entries, meta.index, meta.index)
+            self.sync()
+            self._snapshot = snapshot
+            self._start_index, self._start_term = meta.index, meta.term
+            self._entries, self._durable_entries = list(entries), list(entries)
+            if hard_state is not None:
+                self._hard_state = self._durable_hard_state = hard_state
+            self._used_bytes = _size(self._entries)
+            self._saves += 1
+            self._syncs += 1
+            return
+        last = self._entries[-1].index if self._entries else self._start_index
+        check_batch(entries, self.snapshot_index, last)
         if not entries and hard_state is None:
             if sync:
                 self.sync()
@@ -109,6 +164,7 @@ class MemoryStorage:
             last_index=self._entries[-1].index if self._entries else self._start_index,
             saves=self._saves, syncs=self._syncs,
             deferred_hard_state=any(hs is not None for _, hs in self._unsynced),
+            snapshot_index=self.snapshot_index, snapshot_bytes=len(self._snapshot.data) if self._snapshot else 0,
         )
 
     def close(self) -> None:
