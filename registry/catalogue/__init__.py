@@ -16,15 +16,19 @@ encoding ``VERSION``. Commands validate when constructed, so the node can refuse
 before proposing it (``ValidationError``, the client's ``invalid``).
 Rule 5: at most once (Raft §8): a ``Request`` carries a client id and seq; a retried seq gets the
 first result back, an older seq is ``stale_seq``. ``MAX_SESSIONS`` must be equal on all nodes.
+Rule 6: ``Restore`` (an operator's ``registry snapshot restore``) replaces every service by a
+snapshot's, as one entry, validated when applied; client sessions are kept (see ``_restore``).
 """
 
 from .commands import (
+    MAX_RESTORE_BYTES,
     VERSION,
     Command,
     CommandError,
     Deregister,
     Register,
     Request,
+    Restore,
     decode_request,
     default_instance_id,
     encode_request,
@@ -40,14 +44,17 @@ from .state import (
     Deregistered,
     Registered,
     Rejected,
+    Restored,
     Result,
     SnapshotError,
+    check_snapshot_envelope,
 )
 from .validation import ValidationError
 from .view import CatalogueView, ServiceMap
 
 __all__ = [
     "INVALID",
+    "MAX_RESTORE_BYTES",
     "MAX_SESSIONS",
     "NOT_FOUND",
     "STALE_SEQ",
@@ -65,10 +72,13 @@ __all__ = [
     "Registered",
     "Rejected",
     "Request",
+    "Restore",
+    "Restored",
     "Result",
     "ServiceMap",
     "SnapshotError",
     "ValidationError",
+    "check_snapshot_envelope",
     "decode_request",
     "default_instance_id",
     "encode_request",

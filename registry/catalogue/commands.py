@@ -11,6 +11,12 @@ Encoding (version 1): one msgpack map with string keys, strings as UTF-8 ``str``
      "service": str, "address": str, "port": int, "id": str, "tags": [str], "meta": {str: str}}
     {"v": 1, "client": str, "seq": int, "op": "deregister",
      "service": str, ("id": str | "address": str, "port": int)}
+    {"v": 1, "client": str, "seq": int, "op": "restore", "snapshot": bin}
+
+``restore``'s ``snapshot`` is a whole catalogue snapshot (``Catalogue.to_bytes()``, the only
+byte string in the encoding); the state machine checks it completely when it applies the entry.
+NB: a node older than ``restore`` refuses the op (Rejected) while newer nodes apply it: do not
+restore while nodes of different versions share a cluster.
 
 ``decode_request`` accepts only that: an unknown version, an unknown or missing key, a duplicate
 key, a wrong type or a refused value raises ``CommandError``. It never uses pickle or eval.
@@ -29,6 +35,7 @@ import msgpack
 
 from .validation import (
     INSTANCE_ID_MAX,
+    RESTORE_MAX_BYTES,
     brief_repr,
     ValidationError,
     validate_address,
@@ -43,6 +50,10 @@ from .validation import (
 
 #: The command encoding version this code writes and reads.
 VERSION = 1
+
+
+#: The largest catalogue snapshot a ``Restore`` carries (see validation.RESTORE_MAX_BYTES).
+MAX_RESTORE_BYTES = RESTORE_MAX_BYTES
 
 
 class CommandError(ValueError):
@@ -133,7 +144,33 @@ class Deregister:
             object.__setattr__(self, "port", validate_port(self.port))
 
 
-Command = Register | Deregister
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Replace every service and instance by those of a catalogue snapshot (``Catalogue.to_bytes()``).
+
+    Construction checks only the type and size (raises ValidationError); the snapshot's content
+    is checked completely by the catalogue when it applies the entry, so that every node judges
+    it the same way (a bad one is ``Rejected(INVALID)``). ``repr`` shows the size, not the bytes.
+    """
+
+    snapshot: bytes
+
+    def __post_init__(self) -> None:
+        data = self.snapshot
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValidationError("snapshot", f"snapshot must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if not 0 < len(data) <= MAX_RESTORE_BYTES:
+            raise ValidationError(
+                "snapshot", f"a snapshot to restore holds 1 to {MAX_RESTORE_BYTES} bytes, got {len(data)}"
+            )
+        object.__setattr__(self, "snapshot", data)
+
+    def __repr__(self) -> str:
+        return f"Restore(<{len(self.snapshot)} bytes>)"
+
+
+Command = Register | Deregister | Restore
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +188,10 @@ class Request:
     def __post_init__(self) -> None:
         validate_client_id(self.client_id)
         validate_seq(self.seq)
-        if not isinstance(self.command, (Register, Deregister)):
+        if not isinstance(self.command, (Register, Deregister, Restore)):
             raise ValidationError(
-                "command", f"command must be a Register or a Deregister, got {type(self.command).__name__}"
+                "command",
+                f"command must be a Register or a Deregister (or a Restore), got {type(self.command).__name__}",
             )
 
 
@@ -171,6 +209,8 @@ def encode_request(request: Request) -> bytes:
             tags=list(command.tags),
             meta=dict(command.meta),
         )
+    elif isinstance(command, Restore):
+        body.update(op="restore", snapshot=command.snapshot)
     else:
         body.update(op="deregister", service=command.service)
         if command.instance_id is not None:
@@ -190,6 +230,7 @@ _ENVELOPE_KEYS = frozenset({"v", "client", "seq", "op"})
 _OPS = {
     "register": (frozenset({"service", "address", "port"}), frozenset({"id", "tags", "meta"})),
     "deregister": (frozenset({"service"}), frozenset({"id", "address", "port"})),
+    "restore": (frozenset({"snapshot"}), frozenset()),
 }
 
 
@@ -255,6 +296,11 @@ def decode_command(body: Mapping[str, Any]) -> Command:
                 tags=args.get("tags", ()),
                 meta=args.get("meta", ()),
             )
+        if op == "restore":
+            if type(args["snapshot"]) is not bytes:
+                kind = type(args["snapshot"]).__name__
+                raise ValidationError("snapshot", f"restore's snapshot must be bytes, got {kind}")
+            return Restore(args["snapshot"])
         return Deregister(
             service=args["service"],
             instance_id=args.get("id"),

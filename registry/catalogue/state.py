@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from .commands import CommandError, Deregister, Register, decode_command, decode_envelope
+from .commands import CommandError, Deregister, Register, Restore, decode_command, decode_envelope
 from .model import Instance
 from .validation import (
     ValidationError,
@@ -67,7 +67,15 @@ class Rejected:
     message: str  # says what was wrong and, for INVALID, what is accepted
 
 
-Result = Registered | Deregistered | Rejected
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """A committed restore: the catalogue now holds exactly these counts of the snapshot's."""
+
+    services: int
+    instances: int
+
+
+Result = Registered | Deregistered | Restored | Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,8 @@ class Catalogue:
 
         if isinstance(command, Register):
             result, services = self._register(command)
+        elif isinstance(command, Restore):
+            result, services = self._restore(command)
         else:
             result, services = self._deregister(command)
         self._remember(client_id, _Session(seq, result, index, index))
@@ -251,6 +261,27 @@ class Catalogue:
         removed = tuple(i.id for i in instances if i.id not in kept_ids)
         return Deregistered(removed), services.with_instances(command.service, kept)
 
+    def _restore(self, command: Restore) -> tuple[Result, ServiceMap | None]:
+        """Take the services of the snapshot in ``command``; keep this catalogue's sessions.
+
+        NB: sessions are deliberately NOT taken from the snapshot. A session says which writes of
+        a client this log has already applied (Raft §8). A client whose write was applied before
+        the restore, and which retries it after (its reply was lost), must get the remembered
+        result, not have the write applied again on top of the restored state; and the
+        snapshot's older sessions would make such retries look new. The restore itself is one
+        more write of the operator's client, remembered like any other. The snapshot's own
+        applied index and version are ignored too: the view's version becomes this entry's index.
+        """
+        try:
+            view, _ = _parse_snapshot(command.snapshot, self._max_sessions)
+        except SnapshotError as e:
+            return Rejected(INVALID, f"cannot restore: {e}"), None
+        services = view.services
+        result = Restored(len(services), sum(len(instances) for instances in services.values()))
+        if services == self._view.services:
+            return result, None  # the same content: the version (DNS caches) stays
+        return result, services
+
     # Comparing and snapshotting.
 
     def digest(self) -> str:
@@ -305,6 +336,8 @@ def _encode_result(result: Result) -> list[Any]:
         return ["registered", result.instance_id, result.created]
     if isinstance(result, Deregistered):
         return ["deregistered", list(result.removed)]
+    if isinstance(result, Restored):
+        return ["restored", result.services, result.instances]
     return ["rejected", result.code, result.message]
 
 
@@ -324,7 +357,16 @@ def _is_list(value: object, length: int | None = None) -> bool:
     return type(value) is list and (length is None or len(value) == length)
 
 
-def _parse_snapshot(data: bytes, max_sessions: int) -> tuple[CatalogueView, OrderedDict[str, _Session]]:
+def check_snapshot_envelope(data: bytes) -> None:
+    """Check a snapshot's header and SHA-256 checksum only (fast: nothing is parsed).
+
+    Raises SnapshotError. A snapshot that passes may still be refused by ``restore``, which
+    checks every field; this lets a caller turn away damaged or foreign bytes cheaply.
+    """
+    _snapshot_body(data)
+
+
+def _snapshot_body(data: bytes) -> bytes:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SnapshotError(f"a snapshot must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -336,6 +378,11 @@ def _parse_snapshot(data: bytes, max_sessions: int) -> tuple[CatalogueView, Orde
     body = data[_HEADER_BYTES:]
     if hashlib.sha256(body).digest() != data[6:_HEADER_BYTES]:
         raise SnapshotError("catalogue snapshot checksum mismatch: the snapshot is corrupt or truncated")
+    return body
+
+
+def _parse_snapshot(data: bytes, max_sessions: int) -> tuple[CatalogueView, OrderedDict[str, _Session]]:
+    body = _snapshot_body(data)
     try:
         state = msgpack.unpackb(body, raw=False, strict_map_key=True)
         return _parse_state(state, max_sessions)
@@ -400,6 +447,10 @@ def _decode_result(raw: object) -> Result:
     if kind == "deregistered":
         _check(_is_list(raw, 2) and _is_list(raw[1]) and len(raw[1]) > 0, "a deregistered result is [kind, [id, ...]]")
         return Deregistered(tuple(validate_instance_id(i) for i in raw[1]))
+    if kind == "restored":
+        _check(_is_list(raw, 3) and _is_int(raw[1]) and _is_int(raw[2]),
+               "a restored result is [kind, services, instances]")
+        return Restored(raw[1], raw[2])
     _check(kind == "rejected" and _is_list(raw, 3), f"unknown result {kind!r}")
     _check(raw[1] in REJECTION_CODES and type(raw[2]) is str, "a rejected result is [kind, code, message]")
     return Rejected(raw[1], raw[2])

@@ -44,6 +44,9 @@ META_KEY_MAX = 128
 META_VALUE_MAX = 512
 CLIENT_ID_MAX = 64
 SEQ_MAX = 2**63 - 1
+#: The largest catalogue snapshot a restore carries: one Raft entry holds it, and an
+#: AppendEntries with that one entry must stay under the transport's 64 MiB frame limit.
+RESTORE_MAX_BYTES = 48 * 1024**2
 
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -1,0 +1,125 @@
+"""A catalogue frozen at one applied index, serialised on another thread (the node's snapshots),
+and thawed again from those bytes at start or on install.
+
+``freeze(catalogue)`` runs on the thread that applies: it takes the immutable view and a copy of
+the session table, O(sessions) and no serialisation. ``FrozenCatalogue.to_bytes()`` then runs on
+any thread and returns exactly ``Catalogue.to_bytes()`` as of the freeze, while the catalogue
+goes on applying: nothing it reads can change (views are immutable, sessions are frozen
+dataclasses and the table is a copy).
+
+NB: the bytes are built with many small msgpack calls rather than one ``packb`` of the whole
+state, which would hold the interpreter lock for the whole catalogue (hundreds of ms at 100,000
+instances) and stall the node loop; msgpack is a concatenative format, so the pieces joined equal
+the one-shot encoding (tests/catalogue/test_frozen.py checks it byte for byte).
+
+``thaw(data)`` is ``Catalogue.from_bytes(data)`` for bytes a catalogue wrote (the node's own
+snapshot file, a leader's snapshot, the agent feeding its DNS child): the SHA-256 in the header is
+checked, the structure must parse, but instances are not validated again field by field, which is
+three quarters of ``from_bytes``'s time (measured: bench/snapshots.py `restore_ms`). Bytes from
+outside (an operator's restore) still go through ``from_bytes``/``Restore``, which validate all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+import msgpack
+
+from .model import Instance
+from .state import (
+    _HEADER_BYTES,
+    MAX_SESSIONS,
+    SNAPSHOT_FORMAT,
+    SNAPSHOT_MAGIC,
+    Catalogue,
+    SnapshotError,
+    _decode_result,
+    _encode_result,
+    _Session,
+)
+from .view import CatalogueView, ServiceMap
+
+#: Instances (or sessions) packed per msgpack call: each call holds the lock well under a ms.
+_PER_PIECE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenCatalogue:
+    """The whole state of a catalogue at ``view.applied_index``; safe to read from any thread."""
+
+    view: CatalogueView
+    sessions: tuple[tuple[str, _Session], ...]  # oldest first, as the catalogue keeps them
+
+    @property
+    def applied_index(self) -> int:
+        return self.view.applied_index
+
+    def to_bytes(self) -> bytes:
+        """Equal to ``Catalogue.to_bytes()`` at the freeze (and so to ``from_bytes`` input)."""
+        body = b"".join(self._pieces())
+        return SNAPSHOT_MAGIC + SNAPSHOT_FORMAT.to_bytes(2, "big") + hashlib.sha256(body).digest() + body
+
+    def _pieces(self) -> Iterator[bytes]:
+        packer = msgpack.Packer(use_bin_type=True)
+        view = self.view
+        services = view.services
+        names = services.names()
+        yield packer.pack_array_header(4)
+        yield packer.pack(view.applied_index)
+        yield packer.pack(view.version)
+        yield packer.pack_array_header(len(names))
+        for name in names:
+            instances = services[name]
+            yield packer.pack_array_header(2) + packer.pack(name) + packer.pack_array_header(len(instances))
+            for lo in range(0, len(instances), _PER_PIECE):
+                yield b"".join(packer.pack([i.id, i.address, i.port, list(i.tags), [list(p) for p in i.meta]])
+                               for i in instances[lo:lo + _PER_PIECE])
+        sessions = self.sessions
+        yield packer.pack_array_header(len(sessions))
+        for lo in range(0, len(sessions), _PER_PIECE):
+            yield b"".join(
+                packer.pack([client_id, s.seq, s.used_index, s.result_index, _encode_result(s.result)])
+                for client_id, s in sessions[lo:lo + _PER_PIECE])
+
+def freeze(catalogue: Catalogue) -> FrozenCatalogue:
+    """Capture ``catalogue`` now, on the thread that applies to it; O(sessions)."""
+    return FrozenCatalogue(catalogue.view, tuple(catalogue._sessions.items()))
+
+
+def thaw(data: bytes, *, max_sessions: int = MAX_SESSIONS) -> Catalogue:
+    """A catalogue from bytes a catalogue wrote (see the module docstring). Raises SnapshotError
+    if the header, the checksum or the structure is wrong; the result equals ``from_bytes``'s."""
+    data = bytes(data)
+    if len(data) < _HEADER_BYTES or not data.startswith(SNAPSHOT_MAGIC):
+        raise SnapshotError("not a catalogue snapshot (no RCAT header)")
+    version = int.from_bytes(data[4:6], "big")
+    if version != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"unsupported catalogue snapshot format {version}; this node reads {SNAPSHOT_FORMAT}")
+    body = memoryview(data)[_HEADER_BYTES:]
+    if hashlib.sha256(body).digest() != data[6:_HEADER_BYTES]:
+        raise SnapshotError("catalogue snapshot checksum mismatch: the snapshot is corrupt or truncated")
+    try:
+        applied_index, version, raw_services, raw_sessions = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        services = [
+            (name, tuple(Instance(r[0], name, r[1], r[2], tuple(r[3]), tuple(tuple(p) for p in r[4]))
+                         for r in raw_instances))
+            for name, raw_instances in raw_services
+        ]
+        sessions: OrderedDict[str, _Session] = OrderedDict(
+            (client_id, _Session(seq, _decode_result(result), result_index, used_index))
+            for client_id, seq, used_index, result_index, result in raw_sessions)
+        if not (type(applied_index) is int and type(version) is int and 0 <= version <= applied_index):
+            raise ValueError(f"applied index {applied_index!r}, version {version!r}")
+        if len(sessions) > max_sessions:
+            raise ValueError(f"{len(sessions)} sessions, more than max_sessions={max_sessions}")
+        view = CatalogueView(applied_index=applied_index, version=version, services=ServiceMap.from_items(services))
+    except SnapshotError:
+        raise
+    except Exception as e:  # noqa: BLE001 (any shape error in checksummed bytes: a bug, reported as such)
+        raise SnapshotError(f"corrupt catalogue snapshot: {type(e).__name__}: {e}") from e
+    catalogue = Catalogue(max_sessions=max_sessions)
+    catalogue._sessions = sessions  # NB: what restore() does, without validating each field again
+    catalogue._view = view
+    return catalogue
