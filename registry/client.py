@@ -48,6 +48,8 @@ __all__ = [
     "PeerStatus",
     "Registration",
     "RegistryError",
+    "Restoration",
+    "SavedSnapshot",
     "Services",
     "Unavailable",
     "ValidationFailed",
@@ -71,7 +73,8 @@ MAX_REQUEST_ID = 2**63 - 1
 # Connection events (of a DEALER's monitor) that mean the server cannot be reached now.
 _FAILURES = {zmq.EVENT_CONNECT_RETRIED: "cannot connect", zmq.EVENT_DISCONNECTED: "connection lost"}
 _DOING = {"register": "register", "deregister": "deregister", "services": "list services",
-          "status": "get a status"}
+          "status": "get a status", "snapshot_save": "save a snapshot",
+          "snapshot_restore": "restore a snapshot"}
 
 T = TypeVar("T")
 
@@ -202,7 +205,8 @@ class PeerStatus:
 class NodeStatus:
     """A node's answer to ``status``; ``server`` is the client address that was asked.
     ``peers`` has every peer's last contact; its replication progress only on the leader.
-    ``dns_stats`` is the node's DNS process counters (answered, stale, stale_queries, ...)."""
+    ``dns_stats`` is the node's DNS process counters (answered, stale, stale_queries, ...).
+    ``snapshot`` is the node's snapshot state: index, bytes, log_first_index, taken, installed, ..."""
 
     server: str
     node: str
@@ -218,6 +222,35 @@ class NodeStatus:
     dns: str
     peers: Mapping[str, PeerStatus] = field(default_factory=dict)
     dns_stats: Mapping[str, Any] | None = None
+    snapshot: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedSnapshot:
+    """A consistent copy of the cluster's catalogue (``snapshot_save``): ``data`` is the catalogue
+    snapshot (services, instances and client sessions) as of log ``index``, whose entry has
+    ``term``; ``voters`` and ``learners`` are the node ids of the membership; ``digest`` is the
+    catalogue's SHA-256 digest (hex). NB: ``repr`` leaves ``data`` out."""
+
+    index: int
+    term: int
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    services: int
+    instances: int
+    sessions: int
+    digest: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Restoration:
+    """A committed ``snapshot_restore``: the catalogue now holds this many services and
+    instances, from log ``index`` on."""
+
+    services: int
+    instances: int
+    index: int
 
 
 # Result parsers: a reply of the wrong shape raises ValueError, and counts as a failed attempt.
@@ -290,6 +323,30 @@ def _parse_services(result: Any, server: str) -> Services:
     return Services(services, _int(r["index"], "index"))
 
 
+def _parse_saved_snapshot(result: Any, server: str) -> SavedSnapshot:
+    r = _map(result, "result")
+    data = r["snapshot"]
+    if not isinstance(data, bytes):
+        raise ValueError(f"snapshot is not a byte string: {type(data).__name__}")
+    return SavedSnapshot(
+        index=_int(r["index"], "index"),
+        term=_int(r["term"], "term"),
+        voters=tuple(_int(v, "voters[]") for v in _list(r["voters"], "voters")),
+        learners=tuple(_int(v, "learners[]") for v in _list(r["learners"], "learners")),
+        services=_int(r["services"], "services"),
+        instances=_int(r["instances"], "instances"),
+        sessions=_int(r["sessions"], "sessions"),
+        digest=_str(r["digest"], "digest"),
+        data=data,
+    )
+
+
+def _parse_restoration(result: Any, server: str) -> Restoration:
+    r = _map(result, "result")
+    return Restoration(_int(r["services"], "services"), _int(r["instances"], "instances"),
+                       _int(r["index"], "index"))
+
+
 def _parse_status(result: Any, server: str) -> NodeStatus:
     r = _map(result, "result")
     peers = {}
@@ -319,6 +376,7 @@ def _parse_status(result: Any, server: str) -> NodeStatus:
         dns=_str(r["dns"], "dns"),
         peers=peers,
         dns_stats=_map(r["dns_stats"], "dns_stats") if r.get("dns_stats") is not None else None,
+        snapshot=_map(r["snapshot"], "snapshot") if r.get("snapshot") is not None else None,
     )
 
 
@@ -528,6 +586,28 @@ class Client:
         """The status of the first server that answers."""
         return self._call("status", {}, _parse_status)
 
+    def snapshot_save(self) -> SavedSnapshot:
+        """A consistent snapshot of the catalogue, taken through the leader: the node confirms a
+        read index with a quorum (linearizable, as ``services``) and answers with its whole
+        catalogue once it has applied that index. Each server gets the whole ``timeout_s``
+        (the answer can be tens of MB), unless it is unreachable or answers a retryable error."""
+        return self._call("snapshot_save", {}, _parse_saved_snapshot, attempt_timeout_s=self.timeout_s)
+
+    def snapshot_restore(self, data: bytes) -> Restoration:
+        """Replace every service and instance of the cluster by those of ``data`` (a catalogue
+        snapshot, ``SavedSnapshot.data``), as one committed write: every node, and its DNS, then
+        holds exactly the snapshot's services. Client sessions are the cluster's own, kept.
+        Returns once committed and applied. A write: at most once, ``Unavailable`` means the
+        outcome is unknown (calling again with the same data is harmless)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValidationFailed(f"a snapshot is bytes, got {type(data).__name__}", field="snapshot")
+        data = bytes(data)
+        if not 0 < len(data) <= validation.RESTORE_MAX_BYTES:
+            raise ValidationFailed(f"a snapshot to restore holds 1 to {validation.RESTORE_MAX_BYTES} bytes, "
+                                   f"got {len(data)}", field="snapshot")
+        return self._call("snapshot_restore", {"snapshot": data}, _parse_restoration, write=True,
+                          attempt_timeout_s=self.timeout_s)
+
     def status_all(self) -> list[NodeStatus | RegistryError]:
         """Every server's status, in ``servers`` order, asked all at once; a server that cannot
         be reached, or does not answer within ``status_wait_s``, gets an ``Unavailable`` (or the
@@ -592,6 +672,7 @@ class Client:
         parse: Callable[[Any, str], T],
         *,
         write: bool = False,
+        attempt_timeout_s: float | None = None,
     ) -> T:
         """Send ``op`` to one server after another until one answers, within ``timeout_s``.
 
@@ -600,6 +681,7 @@ class Client:
         starts at once (after a backoff at the end of each round). Earlier attempts stay
         outstanding: the first answer to any of them ends the call.
         """
+        attempt_s = self.attempt_timeout_s if attempt_timeout_s is None else attempt_timeout_s
         with self._lock:
             self._check_open()
             if write:
@@ -632,7 +714,7 @@ class Client:
                 while (now := time.monotonic()) < deadline:
                     if now >= next_attempt_at:
                         if latest is not None:  # it had its attempt_timeout_s; keep listening
-                            give_up_on_latest(f"no reply within {self.attempt_timeout_s:g} s")
+                            give_up_on_latest(f"no reply within {attempt_s:g} s")
                         i, next_server = next_server, (next_server + 1) % n
                         attempts += 1
                         latest_server = i
@@ -643,7 +725,7 @@ class Client:
                             give_up_on_latest(error or "cannot send")
                             continue
                         outstanding[latest] = i
-                        next_attempt_at = now + self.attempt_timeout_s
+                        next_attempt_at = now + attempt_s
                         if self._down[i] is not None:  # sent (queued), but do not wait for it
                             give_up_on_latest(self._down[i] or "")
                     wait = min(next_attempt_at, deadline) - now

@@ -33,6 +33,12 @@ def agent(
         help="Largest EDNS0 UDP answer, bytes (default 1232).")] = None,
     dns_max_stale: Annotated[float | None, typer.Option(
         help="Answer SERVFAIL after this many seconds without a leader (default 30).")] = None,
+    snapshot_entries: Annotated[int | None, typer.Option(
+        help="Take a snapshot and compact the log after this many applied entries (default 20000).")] = None,
+    snapshot_bytes: Annotated[int | None, typer.Option(
+        help="... or after this many bytes of applied entries, whichever first (default 64 MiB).")] = None,
+    snapshot_keep: Annotated[int | None, typer.Option(
+        help="Entries kept in the log behind a snapshot, for followers slightly behind (default 5000).")] = None,
 ) -> None:
     """Run one registry node in the foreground until SIGTERM or SIGINT."""
     from registry.logformat import configure as configure_logging
@@ -46,7 +52,8 @@ def agent(
                  "peer": peer or None, "domain": domain, "tick_interval_ms": tick_interval_ms,
                  "election_ticks": election_ticks, "max_db_bytes": max_db_bytes, "dns_ttl_s": dns_ttl,
                  "dns_negative_ttl_s": dns_negative_ttl, "dns_max_udp": dns_max_udp,
-                 "dns_max_stale_s": dns_max_stale}
+                 "dns_max_stale_s": dns_max_stale, "snapshot_entries": snapshot_entries,
+                 "snapshot_bytes": snapshot_bytes, "snapshot_keep": snapshot_keep}
         if peer:  # --peer replaces the file's peers, whichever key spells them
             settings.pop("peers", None)
             settings.pop("peer", None)

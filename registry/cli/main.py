@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 import registry
-from registry.cli import cluster_cmds, config_cmds
+from registry.cli import cluster_cmds, config_cmds, snapshot_cmds
 from registry.naming import AddressError, parse_hostport
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ def _root(
 app.command()(cluster_cmds.agent)
 app.command()(cluster_cmds.up)
 app.add_typer(config_cmds.config_app, name="config")
+app.add_typer(snapshot_cmds.snapshot_app, name="snapshot")
 
 
 @app.command()

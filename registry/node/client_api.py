@@ -13,7 +13,12 @@ from registry.naming import format_hostport, zmq_endpoint
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 256 * 1024
-OPS = ("register", "deregister", "services", "status")
+# NB: only `snapshot_restore` may be larger: it carries a whole catalogue snapshot (at most
+# catalogue.MAX_RESTORE_BYTES) plus the request's few fields. The ROUTER's MAXMSGSIZE is this
+# bound, so larger frames never reach Python; the client port binds loopback by default.
+MAX_RESTORE_REQUEST_BYTES = 48 * 1024**2 + 64 * 1024
+BIG_OPS = frozenset({"snapshot_restore"})
+OPS = ("register", "deregister", "services", "status", "snapshot_save", "snapshot_restore")
 
 
 class BadRequest(ValueError):
@@ -29,8 +34,8 @@ class ClientRequest:
 
 
 def decode_request(identity: bytes, payload: bytes) -> ClientRequest:
-    if len(payload) > MAX_REQUEST_BYTES:
-        raise BadRequest(f"request of {len(payload)} bytes exceeds the limit of {MAX_REQUEST_BYTES}")
+    if len(payload) > MAX_RESTORE_REQUEST_BYTES:
+        raise BadRequest(f"request of {len(payload)} bytes exceeds the limit of {MAX_RESTORE_REQUEST_BYTES}")
     try:
         body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types for garbage
@@ -45,6 +50,8 @@ def decode_request(identity: bytes, payload: bytes) -> ClientRequest:
     op = body.get("op")
     if op not in OPS:
         raise _with_id(request_id, f"unknown op {op!r}; accepted: {', '.join(OPS)}")
+    if len(payload) > MAX_REQUEST_BYTES and op not in BIG_OPS:
+        raise _with_id(request_id, f"{op} request of {len(payload)} bytes exceeds the limit of {MAX_REQUEST_BYTES}")
     args = body.get("args", {})
     if not isinstance(args, dict):
         raise _with_id(request_id, "'args' must be a map")
@@ -68,7 +75,7 @@ class ClientServer:
         self._log = log
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES * 2)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_RESTORE_REQUEST_BYTES)
         self.socket.setsockopt(zmq.RCVHWM, 10_000)
         self.socket.setsockopt(zmq.SNDHWM, 10_000)
         if ":" in address[0]:

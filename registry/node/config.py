@@ -36,6 +36,13 @@ class NodeConfig:
     dns_negative_ttl_s: int = 5  # the SOA minimum: how long resolvers cache NXDOMAIN/NODATA
     dns_max_udp: int = 1232  # EDNS0 buffer size honoured at most (RFC 9715's safe default)
     dns_max_stale_s: float = 30.0  # SERVFAIL after this long without contact with a leader
+    # Snapshots (Raft §7): one is taken when this many entries were applied since the last one,
+    # or when the entries applied since then hold this many bytes, whichever comes first; the
+    # log keeps `snapshot_keep` entries behind it so that a follower only slightly behind
+    # catches up from the log instead of a whole snapshot. Defaults: bench/README.md "snapshots".
+    snapshot_entries: int = 20_000
+    snapshot_bytes: int = 64 * 1024**2
+    snapshot_keep: int = 5_000
 
     def __post_init__(self) -> None:
         try:
@@ -65,6 +72,8 @@ class NodeConfig:
             raise ConfigError(f"dns_max_udp must be 512-65535 bytes, got {self.dns_max_udp}")
         if self.dns_max_stale_s <= 0:
             raise ConfigError(f"dns_max_stale_s must be positive, got {self.dns_max_stale_s}")
+        if self.snapshot_entries < 1 or self.snapshot_bytes < 64 * 1024 or self.snapshot_keep < 0:
+            raise ConfigError("snapshot_entries must be >= 1, snapshot_bytes >= 65536 and snapshot_keep >= 0")
 
     @property
     def members(self) -> list[str]:
@@ -171,6 +180,9 @@ _CHECKS: dict[str, Any] = {
     "dns_negative_ttl_s": _int_range(0, 86400, " (seconds)"),
     "dns_max_udp": _int_range(512, 65535, " (bytes)"),
     "dns_max_stale_s": _positive_number("seconds"),
+    "snapshot_entries": _int_range(1, None, " (applied entries between two snapshots)"),
+    "snapshot_bytes": _int_range(64 * 1024, None, " (bytes of applied entries between two snapshots; at least 64 KiB)"),
+    "snapshot_keep": _int_range(0, None, " (entries kept in the log behind a snapshot)"),
 }
 _PEERS_ACCEPTED = ('a list of "NAME=HOST:PORT" strings, e.g. ["n2=10.0.0.2:7001"], '
                    'or a table NAME = "HOST:PORT"')

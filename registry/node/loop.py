@@ -29,9 +29,12 @@ from registry.catalogue import (
     Registered,
     Rejected,
     Request,
+    Restored,
+    SnapshotError,
     ValidationError,
     encode_request,
 )
+from registry.catalogue.frozen import thaw
 from registry.naming import format_hostport, node_id_for
 from registry.raft import (
     Config,
@@ -45,18 +48,22 @@ from registry.raft import (
     Ready,
     RemoteError,
     Role,
+    Snapshot,
 )
-from registry.storage import LmdbStorage
+from registry.storage import CorruptStorage, LmdbStorage
 from registry.transport import Forward, ZmqTransport
 from registry_dns.process import DnsProcess
 
+from . import snapshot_ops
 from .client_api import ClientRequest, ClientServer
 from .config import NodeConfig
 from .sdnotify import Notifier, watchdog_interval_s
+from .snapshotter import Snapshotter, freeze_heap
 
 RETRY_INTERVAL_S = 0.5  # a write or read not done by then is proposed / forwarded / asked again
 MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
 MAX_FORWARD_BYTES = 128 * 1024
+MAX_FORWARD_RESTORE_BYTES = 48 * 1024**2 + 64 * 1024  # a snapshot_restore entry (catalogue.MAX_RESTORE_BYTES)
 
 
 @dataclass
@@ -66,6 +73,7 @@ class _PendingWrite:
     deadline: float
     retry_at: float = 0.0
     sent_once: bool = False  # reached a leader at least once: a timeout means "outcome unknown"
+    retry_s: float = RETRY_INTERVAL_S  # longer for a big entry (snapshot_ops: a restore)
 
 
 @dataclass
@@ -76,6 +84,7 @@ class _PendingRead:
     deadline: float
     retry_at: float
     index: int | None = None  # set once the read index is known
+    answer: Callable[[_PendingRead], None] | None = None  # instead of _answer_read (snapshot_ops: a save)
 
 
 @dataclass
@@ -124,12 +133,21 @@ class Node:
         self.transport: ZmqTransport | None = None
         self.client: ClientServer | None = None
         self.dns: DnsProcess | None = None
+        self.snapshots: Snapshotter | None = None
         try:
             state = self.storage.initial_state(self.membership)
+            # Invariant: applied_term is the term of the entry at catalogue.applied_index (the
+            # snapshot's term right after a restore): `registry snapshot save` needs the pair.
+            self.applied_term = int(state.snapshot.term)
+            self.catalogue = Catalogue()
+            if state.snapshot.index > 0:
+                self._restore_catalogue(state.snapshot_data, state.snapshot.index, "the stored snapshot")
             rng = random.Random(int.from_bytes(os.urandom(8), "big"))
             self.raw = RawNode(Config(self.node_id, rng, election_ticks=config.election_ticks,
-                                      heartbeat_ticks=config.heartbeat_ticks), state)
-            self.catalogue = Catalogue()
+                                      heartbeat_ticks=config.heartbeat_ticks, applied=state.snapshot.index), state)
+            self.snapshots = Snapshotter(storage=self.storage, entries=config.snapshot_entries,
+                                         max_bytes=config.snapshot_bytes, keep=config.snapshot_keep,
+                                         start_index=state.snapshot.index, logger=self.log, clock=clock)
             self.transport = ZmqTransport(node_id=self.node_id, node_name=config.name, bind=config.raft,
                                           peers=dict(config.peers), context=self._context)
             self.client = ClientServer(self._context, config.client, logging.getLogger("registry.client_api"))
@@ -140,6 +158,9 @@ class Node:
                                   max_stale_s=config.dns_max_stale_s, nameservers=self._nameservers(),
                                   snapshot=lambda: self.catalogue.to_bytes())
             self.dns.start(timeout_s=10)
+            if state.snapshot.index > 0:
+                self.dns.restore(state.snapshot_data)  # first: the entries it is fed next follow it
+            freeze_heap()  # the restored catalogue and the log: long-lived
         except BaseException:
             self.close()
             raise
@@ -149,9 +170,22 @@ class Node:
         self._read_ids = itertools.count(1)
         self._role = Role.FOLLOWER
         self._leader = NodeId(0)
-        self.log.info("started: %s; restored the log up to index %d, term %d, commit %d", config.describe(),
-                      state.entries[-1].index if state.entries else 0, state.hard_state.term,
+        self.log.info("started: %s; restored the snapshot at index %d (%d bytes) and the log up to index %d, "
+                      "term %d, commit %d", config.describe(), state.snapshot.index, len(state.snapshot_data),
+                      state.entries[-1].index if state.entries else state.snapshot.index, state.hard_state.term,
                       state.hard_state.commit)
+
+    def _restore_catalogue(self, data: bytes, index: int, what: str) -> None:
+        """Replace the catalogue by a snapshot's; a snapshot that fails to restore is fatal."""
+        try:
+            # NB: thaw, not restore(): bytes a catalogue wrote, checked by their SHA-256; it skips
+            # validating every field again, most of the cost at start (registry/catalogue/frozen.py).
+            self.catalogue = thaw(data, max_sessions=self.catalogue.max_sessions)
+        except SnapshotError as exc:
+            raise CorruptStorage(f"{what} at index {index} does not restore the catalogue: {exc}") from exc
+        if self.catalogue.applied_index != index:
+            raise CorruptStorage(f"{what} at index {index} holds the catalogue at index "
+                                 f"{self.catalogue.applied_index}")
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -177,12 +211,17 @@ class Node:
         self.notifier.ready(self._status_text())
         ping_every = self._watchdog_every_s
         next_ping = self.clock() + ping_every if ping_every is not None else float("inf")
+        snapshots = self.snapshots
+        assert snapshots is not None
         try:
             while not self._stop_requested and not (until is not None and until()):
                 timeout_ms = max(0.0, (min(next_tick, next_ping) - self.clock()) * 1000)
                 if self.raw.has_ready():
                     timeout_ms = 0
+                if snapshots.running:
+                    timeout_ms = min(timeout_ms, 10.0)  # notice the thread's end soon
                 events = dict(poller.poll(timeout_ms))
+                busy_from = time.perf_counter()
                 if self.transport.socket in events:
                     self._receive_raft()
                 if self.client.socket in events:
@@ -199,7 +238,12 @@ class Node:
                     next_tick = max(next_tick + behind * interval, now + interval / 2)
                     self._retry_and_expire(now)
                     self._tell_dns_leader_contact(now)
+                    if not snapshots.running:
+                        self.storage.compact_step()  # what adopt_snapshot left, a bounded batch per tick
                 self._handle_ready()
+                snapshots.maybe_finish(self.raw)
+                snapshots.maybe_start(self.catalogue, self.applied_term, self.raw.raft.membership)
+                snapshots.note_iteration(time.perf_counter() - busy_from)
         finally:
             self._shutdown()
 
@@ -229,6 +273,8 @@ class Node:
             self.transport.close()
             self.transport = None
         self._context.term()
+        if self.snapshots is not None:
+            self.snapshots.close()  # its thread writes into the data directory
         self.storage.close()
         self.notifier.close()
 
@@ -250,7 +296,11 @@ class Node:
 
     def _propose_forwarded(self, message: Forward) -> None:
         assert self.raw is not None
-        if len(message.payload) > MAX_FORWARD_BYTES:
+        # NB: only a restore (snapshot_ops) may be larger than a client request can make an entry;
+        # encode_request writes its op (msgpack fixstr "restore") within the first 128 bytes. The
+        # catalogue still checks every entry when it applies it; this only bounds what is logged.
+        if len(message.payload) > MAX_FORWARD_BYTES and (len(message.payload) > MAX_FORWARD_RESTORE_BYTES
+                                                          or b"\xa7restore" not in message.payload[:128]):
             self.stats.remote_errors += 1
             return
         try:
@@ -268,6 +318,8 @@ class Node:
                     self._start_write(request, now)
                 elif request.op == "services":
                     self._start_read(request, now)
+                elif request.op in snapshot_ops.OPS:
+                    snapshot_ops.handle(self, request, now)
                 else:
                     self.client.reply(request.identity, request.request_id, self.status())
             except (ValidationError, CommandError) as exc:
@@ -303,7 +355,7 @@ class Node:
 
     def _send_write(self, write: _PendingWrite, now: float) -> None:
         assert self.raw is not None and self.transport is not None
-        write.retry_at = now + RETRY_INTERVAL_S
+        write.retry_at = now + write.retry_s
         raft = self.raw.raft
         if raft.role is Role.LEADER:
             try:
@@ -380,17 +432,37 @@ class Node:
         while raw.has_ready():
             ready = raw.ready()
             self.stats.readies += 1
-            if ready.entries or ready.hard_state is not None:
-                self.storage.save(ready.entries, ready.hard_state, sync=ready.must_sync)
+            if ready.entries or ready.hard_state is not None or ready.snapshot is not None:
+                self.storage.save(ready.entries, ready.hard_state, sync=ready.must_sync, snapshot=ready.snapshot)
                 self.stats.fsyncs += ready.must_sync
             if ready.messages:
                 self.transport.send(ready.messages)
+            if ready.snapshot is not None:
+                self._install_snapshot(ready.snapshot)
             self._apply(ready)
             if ready.soft_state is not None:
                 self._on_soft_state(ready)
             raw.advance(ready)
             if self.notifier.enabled:
                 self._notify_status()
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        """A leader's snapshot, persisted: restore the catalogue and the DNS child from it
+        (Ready step 3, before `committed`, which follow it)."""
+        meta = snapshot.meta
+        self._restore_catalogue(snapshot.data, meta.index, "the leader's snapshot")
+        self.applied_term = int(meta.term)
+        assert self.snapshots is not None
+        self.snapshots.on_installed(meta)
+        if self.dns is not None:
+            self.dns.restore(snapshot.data)
+        self.log.info("installed the leader's snapshot at index %d term %d (%d bytes)", meta.index, meta.term,
+                      len(snapshot.data))
+        # Writes waiting here whose entries the snapshot covers are never applied here: ask the
+        # leader again now (the session answers a retry with the first result, Raft §8).
+        now = self.clock()
+        for write in self._writes.values():
+            write.retry_at = min(write.retry_at, now)
 
     def _apply(self, ready: Ready) -> None:
         assert self.client is not None
@@ -402,6 +474,10 @@ class Node:
 
     def _apply_entries(self, ready: Ready) -> None:
         assert self.client is not None
+        if ready.committed:
+            self.applied_term = int(ready.committed[-1].term)
+            assert self.snapshots is not None
+            self.snapshots.on_applied(ready.committed)
         for entry in ready.committed:
             if entry.kind is not EntryKind.NORMAL:
                 self.catalogue.skip(entry.index)
@@ -418,6 +494,9 @@ class Node:
                                                              "created": result.created, "index": applied.index})
                 elif isinstance(result, Deregistered):
                     self.client.reply(identity, request_id, {"removed": list(result.removed), "index": applied.index})
+                elif isinstance(result, Restored):
+                    self.client.reply(identity, request_id,
+                                      snapshot_ops.restored_reply(result.services, result.instances, applied.index))
                 elif isinstance(result, Rejected):
                     self.client.error(identity, request_id, result.code, result.message)
 
@@ -433,7 +512,9 @@ class Node:
             for index, context in self._reads_waiting_apply:
                 if index <= applied_index:
                     read = self._reads.pop(context, None)
-                    if read is not None:
+                    if read is not None and read.answer is not None:
+                        read.answer(read)
+                    elif read is not None:
                         self._answer_read(read.identity, read.request_id, read.service)
                 else:
                     still.append((index, context))
@@ -521,7 +602,17 @@ class Node:
             "raft": format_hostport(*self.config.raft), "client": format_hostport(*self.config.client),
             "dns": format_hostport(*self.config.dns), "peers": peers,
             "dns_stats": _dns_summary(self.dns.stats()) if self.dns is not None else None,
+            "snapshot": self._snapshot_status(st.first_index, st.snapshot_index),
         }
+
+    def _snapshot_status(self, first_index: int, snapshot_index: int) -> dict[str, Any]:
+        stored = self.storage.stats()
+        out = {"index": snapshot_index, "bytes": stored.snapshot_bytes, "stored_index": stored.snapshot_index,
+               "log_first_index": first_index, "stored_first_index": stored.first_index,
+               "db_bytes": stored.used_bytes, "applied_term": self.applied_term}
+        if self.snapshots is not None:
+            out.update(self.snapshots.status())
+        return out
 
 
 def _arg(args: dict[str, Any], key: str, kind: type, *, optional: bool = False, default: Any = None) -> Any:
