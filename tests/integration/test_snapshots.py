@@ -71,12 +71,20 @@ def snapshot_of(status: NodeStatus) -> dict:
 def assert_same_everywhere(cluster: Cluster, expected: set[tuple[str, str]] | None = None) -> None:
     """Every node holds the same catalogue (stale reads of each node's own state) and every
     node's DNS gives the same answers; with ``expected``, each of those instances is there."""
-    index = cluster.wait_converged(60)
-    catalogues = cluster.stale_catalogues()
+    cluster.wait_converged(60)
+    seen: list[dict] = []
+
+    def same_index() -> dict | None:
+        # NB: a leader elected meanwhile appends a no-op, so poll until one read finds every
+        # node at one index, then compare what they hold there.
+        catalogues = cluster.stale_catalogues()
+        seen[:] = [{name: services.index for name, services in catalogues.items()}]
+        return catalogues if len({services.index for services in catalogues.values()}) == 1 else None
+
+    catalogues = poll("every node at one applied index", same_index, 60, describe=lambda: str(seen))
     first = next(iter(catalogues.values()))
     for name, services in catalogues.items():
-        assert services.index == index, f"{name} answered at index {services.index}, not {index}"
-        assert dict(services) == dict(first), f"{name}'s catalogue differs"
+        assert dict(services) == dict(first), f"{name}'s catalogue differs at index {services.index}"
     if expected is not None:
         held = {(svc, inst.address) for svc, insts in first.items() for inst in insts}
         missing = expected - held
