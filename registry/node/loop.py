@@ -432,11 +432,7 @@ class Node:
         while raw.has_ready():
             ready = raw.ready()
             self.stats.readies += 1
-            if ready.entries or ready.hard_state is not None or ready.snapshot is not None:
-                self.storage.save(ready.entries, ready.hard_state, sync=ready.must_sync, snapshot=ready.snapshot)
-                self.stats.fsyncs += ready.must_sync
-            if ready.messages:
-                self.transport.send(ready.messages)
+            self._persist_and_send(ready)
             if ready.snapshot is not None:
                 self._install_snapshot(ready.snapshot)
             self._apply(ready)
@@ -463,6 +459,26 @@ class Node:
         now = self.clock()
         for write in self._writes.values():
             write.retry_at = min(write.retry_at, now)
+
+    def _persist_and_send(self, ready: Ready) -> None:
+        """Steps 1 and 2 of the Ready contract, with the leader's appends sent first.
+
+        NB: the leader's AppendEntries and Heartbeats go out BEFORE its own durable write
+        (dissertation §10.2.1; Ready.messages_before_persist), so the followers' fsyncs overlap
+        the leader's: ZeroMQ sends from its own I/O thread while LMDB commits. The core counts the
+        leader's own entries only after advance(), so commit still needs a durable majority.
+        Votes and acknowledgements wait for the write, as always.
+        """
+        assert self.transport is not None
+        early = ready.messages_before_persist()
+        if early:
+            self.transport.send(early)
+        if ready.entries or ready.hard_state is not None or ready.snapshot is not None:
+            self.storage.save(ready.entries, ready.hard_state, sync=ready.must_sync, snapshot=ready.snapshot)
+            self.stats.fsyncs += ready.must_sync
+        late = ready.messages_after_persist() if early else ready.messages
+        if late:
+            self.transport.send(late)
 
     def _apply(self, ready: Ready) -> None:
         assert self.client is not None

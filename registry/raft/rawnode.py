@@ -115,8 +115,9 @@ class RawNode:
         snapshot = raft.take_installed()
         entries = tuple(raft.log.unstable_entries())
         hard_changed = hard != self._prev_hard
-        must_sync = bool(entries) or snapshot is not None or (hard_changed and (hard.term != self._prev_hard.term
-                                                        or hard.voted_for != self._prev_hard.voted_for))
+        term_or_vote_changed = hard_changed and (hard.term != self._prev_hard.term
+                                                 or hard.voted_for != self._prev_hard.voted_for)
+        must_sync = bool(entries) or snapshot is not None or term_or_vote_changed
         ready = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard_changed else None,
@@ -126,6 +127,7 @@ class RawNode:
             read_states=tuple(raft.take_read_states()),
             must_sync=must_sync,
             snapshot=snapshot,
+            term_or_vote_changed=term_or_vote_changed,
         )
         self._prev_hard, self._prev_soft = hard, soft
         self._outstanding = ready

@@ -308,8 +308,15 @@ class Simulation:
                     p = max(p, self.profile.crash_at_hard_state)
                 if self.rng.random() < p:
                     crash_at = self.rng.randint(0, 2)
+            # As the node loop does (Ready.messages_before_persist, dissertation §10.2.1): the
+            # leader's appends leave before its own write, so a crash at stage 0 can lose entries
+            # that followers already hold.
+            early = ready.messages_before_persist()
+            for message in early:
+                self.checker.on_sent(message)
+                self.network.send(message, self.now)
             if crash_at == 0:
-                self._crash(node, "before persisting a Ready")
+                self._crash(node, "before persisting a Ready" + (" (after sending the leader's appends)" if early else ""))
                 return
             disk = node.disk
             if ready.snapshot is not None:
@@ -334,7 +341,7 @@ class Simulation:
             if crash_at == 1:
                 self._crash(node, "after persisting a Ready, before sending")
                 return
-            for message in ready.messages:
+            for message in (ready.messages_after_persist() if early else ready.messages):
                 self.checker.on_sent(message)
                 self.network.send(message, self.now)
                 if isinstance(message, InstallSnapshot):

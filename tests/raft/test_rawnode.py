@@ -383,3 +383,96 @@ def test_config_accepts_the_defaults() -> None:
     """Defaults are valid: election 10 ticks, heartbeat 1, pre-vote and check-quorum on."""
     cfg = Config(NodeId(1), random.Random(0))
     assert (cfg.election_ticks, cfg.heartbeat_ticks, cfg.pre_vote, cfg.check_quorum) == (10, 1, True, True)
+
+
+# -- sending before persisting (dissertation §10.2.1) ---------------------------------------------
+
+
+def test_leader_appends_may_be_sent_before_its_own_write() -> None:
+    """A leader's AppendEntries for new proposals may leave before it persists them: the Ready
+    changes neither term nor vote, so they promise nothing about its disk (§10.2.1)."""
+    c = stable_cluster()
+    c.propose(1, b"y")
+    rd = c.nodes[NodeId(1)].ready()
+    appends = [m for m in rd.messages if isinstance(m, AppendEntries)]
+    assert rd.entries and rd.must_sync and not rd.term_or_vote_changed
+    assert appends and rd.messages_before_persist() == tuple(appends)
+    assert rd.messages_after_persist() == tuple(m for m in rd.messages if m not in appends)
+
+
+def test_heartbeats_of_a_settled_leader_may_be_sent_before_persisting() -> None:
+    c = stable_cluster()
+    leader = c.nodes[NodeId(1)]
+    c.tick(1)
+    rd = leader.ready()
+    assert rd.messages and all(isinstance(m, Heartbeat) for m in rd.messages)
+    assert rd.messages_before_persist() == rd.messages and rd.messages_after_persist() == ()
+
+
+def test_nothing_is_sent_before_persisting_a_new_term_or_vote() -> None:
+    """Votes, vote requests and anything in a Ready that changes term or vote wait for the write:
+    they promise that the term and vote are durable (Raft §5.2)."""
+    voter = fresh_node(2)
+    voter.step(RequestVote(NodeId(1), NodeId(2), Term(1), Index(0), Term(0)))
+    rd = voter.ready()
+    assert rd.term_or_vote_changed and rd.messages
+    assert rd.messages_before_persist() == () and rd.messages_after_persist() == rd.messages
+
+    candidate = fresh_node(1, pre_vote=False)
+    candidate.campaign()
+    rd = candidate.ready()
+    assert any(isinstance(m, RequestVote) for m in rd.messages)
+    assert rd.messages_before_persist() == () and rd.messages_after_persist() == rd.messages
+
+
+def test_a_lone_node_elected_in_one_ready_sends_nothing_early() -> None:
+    """A single voter becomes candidate and leader within one Ready: its term is not yet durable,
+    so even its appends (none here, but the rule is the Ready's) wait for the write."""
+    node = RawNode(Config(NodeId(1), random.Random(1)),
+                   InitialState(SnapshotMeta(Index(0), Term(0), Membership(frozenset({NodeId(1)})))))
+    node.campaign()
+    rd = node.ready()
+    assert rd.soft_state is not None and rd.soft_state.role is Role.LEADER
+    assert rd.term_or_vote_changed and rd.messages_before_persist() == ()
+
+
+def test_follower_acknowledgements_always_wait_for_the_write() -> None:
+    """A follower's AppendEntriesResponse promises the entries are durable: never sent early."""
+    c = stable_cluster()
+    c.propose(1, b"y")
+    c.process(1)
+    c.deliver(lambda m: m.target == 2)
+    rd = c.nodes[NodeId(2)].ready()
+    assert rd.entries and not rd.term_or_vote_changed
+    assert rd.messages and rd.messages_before_persist() == ()
+    assert rd.messages_after_persist() == rd.messages
+
+
+def test_a_ready_built_without_the_flag_sends_nothing_early() -> None:
+    """The flag defaults to the safe side: a Ready that does not say otherwise is persisted first."""
+    c = stable_cluster()
+    c.propose(1, b"y")
+    rd = c.nodes[NodeId(1)].ready()
+    fields = {f.name: getattr(rd, f.name) for f in dataclasses.fields(rd) if f.name != "term_or_vote_changed"}
+    conservative = type(rd)(**fields)
+    assert conservative.messages_before_persist() == ()
+    assert conservative.messages_after_persist() == rd.messages
+
+
+def test_two_followers_commit_an_entry_the_leader_has_not_persisted() -> None:
+    """With the appends sent before the leader's write, a majority of followers can commit an
+    entry the leader has not yet persisted: a majority of disks holds it, which is all Raft needs."""
+    c = stable_cluster()
+    index = c.propose(1, b"y")
+    leader = c.nodes[NodeId(1)]
+    rd = leader.ready()
+    for m in rd.messages_before_persist():
+        c.nodes[m.target].step(m)
+    c.process(2)
+    c.process(3)
+    for m in c.pending:
+        leader.step(m)
+    c.pending.clear()
+    assert c.raft(1).log.commit_index == index  # nodes 2 and 3: two durable copies of three
+    assert c.raft(1).log.persisted_index < index
+    leader.advance(rd)
