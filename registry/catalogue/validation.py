@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Iterable, Mapping
 
 from .model import Instance
@@ -61,6 +62,27 @@ _ADDRESS_RULE = (
 _INSTANCE_ID_RULE = (
     f"1-{INSTANCE_ID_MAX} ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
 )
+
+
+# Memos of the validators below for values that recur (service names, tag lists, meta pairs,
+# canonical IPv4 text). NB: the validators are pure functions, so a memo changes no result, only
+# its cost and its identity: every instance with the same tags shares one tuple of interned
+# strings, which is most of the catalogue's memory for realistic instances. Each memo is
+# bounded; when full it is simply cleared. Only the thread that validates touches them.
+_MEMO_MAX = 4096
+_services_seen: dict[str, str] = {}
+_tags_seen: dict[tuple[str, ...], tuple[str, ...]] = {}
+_meta_pairs_seen: dict[tuple[str, str], tuple[str, str]] = {}
+# A canonical dotted quad (no leading zeros, each octet 0-255): exactly the texts that
+# ipaddress.IPv4Address accepts and prints back unchanged.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
+def _memo(memo: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = value
 
 
 class ValidationError(ValueError):
@@ -122,6 +144,13 @@ def _label(value: object, field: str, what: str) -> str:
 
 def validate_service(value: object) -> str:
     """A service name: a DNS label, returned lowercase."""
+    if type(value) is str:
+        seen = _services_seen.get(value)
+        if seen is not None:
+            return seen
+        name = sys.intern(_label(value, "service", "service name"))
+        _memo(_services_seen, value, name)
+        return name
     return _label(value, "service", "service name")
 
 
@@ -136,9 +165,16 @@ def validate_tags(value: object) -> tuple[str, ...]:
         raise ValidationError(
             "tags", f"tags must be a list of strings (DNS labels), got {_type_name(value)} {brief_repr(value)}"
         )
-    items = list(value)
+    items = tuple(value)
     if len(items) > TAGS_MAX:
         raise ValidationError("tags", f"{len(items)} tags given; at most {TAGS_MAX} are accepted")
+    if all(type(tag) is str for tag in items):
+        seen = _tags_seen.get(items)
+        if seen is not None:
+            return seen
+        tags = tuple(sorted({sys.intern(validate_tag(tag)) for tag in items}))
+        _memo(_tags_seen, items, tags)
+        return tags
     return tuple(sorted({validate_tag(tag) for tag in items}))
 
 
@@ -159,6 +195,8 @@ def validate_address(value: object) -> str:
         )
     if ":" in text:
         return _ipv6(text)
+    if _CANONICAL_IPV4.fullmatch(text) and text != "0.0.0.0":
+        return text  # what IPv4Address(text) would give back, without building it
     try:
         ip4 = ipaddress.IPv4Address(text)
     except ValueError:
@@ -286,7 +324,14 @@ def validate_meta(value: object) -> tuple[tuple[str, str], ...]:
                 f"at most {META_VALUE_MAX} are accepted",
             )
         _require_utf8(item, "meta", f"meta value of {brief_repr(key)}")
-    return tuple(sorted(pairs))
+    shared = []
+    for pair in pairs:
+        seen = _meta_pairs_seen.get(pair)
+        if seen is None:
+            seen = (sys.intern(pair[0]), pair[1])
+            _memo(_meta_pairs_seen, pair, seen)
+        shared.append(seen)
+    return tuple(sorted(shared))
 
 
 def validate_client_id(value: object) -> str:

@@ -164,3 +164,52 @@ def test_validate_instance_normalises_every_field() -> None:
     )
     with pytest.raises(ValidationError, match="1 to 65535"):
         validate_instance(Instance(id="i1", service="web", address="10.0.0.1", port=0))
+
+
+# -- memos: the same answers, shared objects ------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["10.0.0.5", "0.0.0.1", "255.255.255.255", "192.168.1.10", "1.2.3.4",
+                                  "01.2.3.4", "1.2.3.256", "256.1.1.1", "1.2.3", "1.2.3.4.5", "0.0.0.0",
+                                  "1.02.3.4", "10.0.0.05", "1.2.3.4 ", "web-1.example"])
+def test_ipv4_fast_path_agrees_with_ipaddress(text: str) -> None:
+    """The canonical dotted-quad shortcut gives exactly what the ipaddress route gives, or refuses
+    exactly what it refuses: validation is part of the replicated state machine."""
+    from registry.catalogue.validation import _hostname
+
+    def outcome(f: Callable[[str], object]) -> object:
+        try:
+            return f(text)
+        except ValidationError:
+            return ValidationError
+
+    try:
+        want = str(ipaddress.IPv4Address(text))
+        reference: object = ValidationError if want == "0.0.0.0" else want
+    except ValueError:
+        reference = outcome(_hostname)  # not an IPv4 address: the host-name rules decide
+    assert outcome(validate_address) == reference
+
+
+def test_repeated_values_are_validated_once_and_shared() -> None:
+    """Memoised validators return equal values for equal input, and the same objects, so that
+    instances registered with the same tags, service and meta pairs share them in memory."""
+    a = validate_tags(["Primary", "zone-a"])
+    b = validate_tags(["Primary", "zone-a"])
+    assert a == ("primary", "zone-a") and a is b
+    assert validate_service("Web") == "web" and validate_service("Web") is validate_service("WEB".title())
+    m1 = validate_meta({"version": "2.1", "commit": "abc"})
+    m2 = validate_meta({"version": "2.1", "commit": "def"})
+    assert m1 == (("commit", "abc"), ("version", "2.1")) and m1[1] is m2[1]
+    with pytest.raises(ValidationError):
+        validate_tags(["ok", "-bad"])
+    with pytest.raises(ValidationError):  # a refused value is refused every time, memo or not
+        validate_tags(["ok", "-bad"])
+
+
+def test_memos_stay_bounded() -> None:
+    from registry.catalogue import validation
+
+    for n in range(validation._MEMO_MAX + 10):
+        validate_service(f"svc-{n}")
+    assert len(validation._services_seen) <= validation._MEMO_MAX
