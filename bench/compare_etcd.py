@@ -53,28 +53,30 @@ from typing import Any, Self
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from writes import (
+from bench.cluster import (
     HOST,
-    STOP_WAIT_S,
     LocalCluster,
-    Probe,
+    STOP_WAIT_S,
     _die_with_parent,
     _no_nan,
-    _num,
-    _output,
+    bench_root,
     box_cpu,
-    default_procs,
     fsync_probe,
     machine_info,
     pick_ports,
     proc_cpu_s,
     proc_io,
+    stop_on_signals,
+)
+from writes import (
+    Probe,
+    _num,
+    _output,
+    default_procs,
     registration,
     rotate,
     run_load,
     run_sequential,
-    stop_on_signals,
-    bench_root,
 )
 
 from registry.catalogue.commands import Register, Request, encode_request

@@ -54,21 +54,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnslib import QTYPE, RCODE, DNSRecord  # noqa: E402
 
 from bench import dns_load  # noqa: E402
-from bench.writes import (  # noqa: E402
-    CLIENT_TIMEOUT_S,
+from bench.cluster import (  # noqa: E402
     LocalCluster,
-    Probe,
     _no_nan,
-    _num,
-    _output,
-    default_procs,
+    bench_root,
     fsync_probe,
     machine_info,
     proc_cpu_s,
+    stop_on_signals,
+)
+from bench.writes import (  # noqa: E402
+    CLIENT_TIMEOUT_S,
+    Probe,
+    _num,
+    _output,
+    default_procs,
     rotate,
     run_load,
-    stop_on_signals,
-    bench_root,
 )
 from registry.client import Client, RegistryError, Unavailable  # noqa: E402
 

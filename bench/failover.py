@@ -45,17 +45,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.writes import (  # noqa: E402
+from bench.cluster import (  # noqa: E402
     LocalCluster,
     _no_nan,
-    _output,
-    error_name,
+    bench_root,
     fsync_probe,
     machine_info,
+    stop_on_signals,
+)
+from bench.writes import (  # noqa: E402
+    _output,
+    error_name,
     registration,
     rotate,
-    stop_on_signals,
-    bench_root,
 )
 from registry.client import Client, NodeStatus, RegistryError, Unavailable  # noqa: E402
 

@@ -47,19 +47,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dnslib import QTYPE, RCODE, DNSRecord  # noqa: E402
 
-from bench.writes import (  # noqa: E402
-    CLIENT_TIMEOUT_S,
+from bench.cluster import (  # noqa: E402
     LocalCluster,
     _no_nan,
-    _output,
-    error_name,
     filesystem,
     fsync_probe,
     machine_info,
     proc_status_kib,
+    stop_on_signals,
+)
+from bench.writes import (  # noqa: E402
+    CLIENT_TIMEOUT_S,
+    _output,
+    error_name,
     registration,
     rotate,
-    stop_on_signals,
 )
 from registry.client import Client, NodeStatus, RegistryError, Unavailable  # noqa: E402
 
