@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Re-install only when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up test soak clean
+.PHONY: venv up test soak clean bench bench-quick
 
 venv: $(STAMP)
 
@@ -62,6 +62,17 @@ SOAK_MINUTES ?= 30
 SOAK_RUN_SECONDS ?= 60
 soak: venv test-deps
 	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_RUN_SECONDS=$(SOAK_RUN_SECONDS) $(BIN)/python -m pytest tests/faults -m soak -s $(PYTEST_ARGS)
+
+# The performance suite (bench/all.py): every benchmark, one table; the JSON in bench-result.json.
+# Needs etcd-server, dnsperf and dnsmasq-base for the side-by-side steps (installed when root).
+BENCH_NEEDS := cmd:etcd:etcd-server cmd:dnsperf:dnsperf cmd:dnsmasq:dnsmasq-base
+bench: venv
+	$(call ensure_packages,$(BENCH_NEEDS))
+	$(BIN)/python -m bench.all --out bench-result.json
+
+bench-quick: venv
+	$(call ensure_packages,$(BENCH_NEEDS))
+	$(BIN)/python -m bench.all --quick --out bench-result.json
 
 # Removes the virtual environment too.
 clean:
