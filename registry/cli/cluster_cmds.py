@@ -24,7 +24,7 @@ def agent(
     domain: Annotated[str | None, typer.Option(help="DNS domain served (default registry).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with the same keys as these flags.")] = None,
     tick_interval_ms: Annotated[int | None, typer.Option(help="Raft tick length (default 50 ms).")] = None,
-    election_ticks: Annotated[int | None, typer.Option(help="Minimum election timeout in ticks (default 10).")] = None,
+    election_ticks: Annotated[int | None, typer.Option(help="Minimum election timeout in ticks (default 8).")] = None,
     max_db_bytes: Annotated[int | None, typer.Option(help="LMDB map size in bytes (default 2 GiB).")] = None,
     dns_ttl: Annotated[int | None, typer.Option(help="TTL of DNS answers, seconds (default 30).")] = None,
     dns_negative_ttl: Annotated[int | None, typer.Option(

@@ -28,7 +28,7 @@ class NodeConfig:
     domain: str = "registry."
     cluster_id: str = ""  # empty: derived from the initial members' names
     tick_interval_ms: int = 50
-    election_ticks: int = 10  # 0.5-1 s with 50 ms ticks
+    election_ticks: int = 8  # 0.4-0.8 s with 50 ms ticks (docs/performance.md: failover)
     heartbeat_ticks: int = 1
     request_timeout_s: float = 1.5  # below the client's per-server attempt timeout (2 s)
     max_db_bytes: int = 2 * 1024**3
@@ -235,7 +235,7 @@ def check_settings(settings: Mapping[str, Any]) -> list[Problem]:
         if settings.get(key) is None or settings.get(key) == "":
             problems.append(Problem(key, "missing (required; in the file or as --" + key.replace("_", "-") + ")"))
     bad = {p.key for p in problems}
-    election = settings.get("election_ticks", 10)
+    election = settings.get("election_ticks", 8)
     heartbeat = settings.get("heartbeat_ticks", 1)
     if not bad & {"election_ticks", "heartbeat_ticks"} and election is not None and heartbeat is not None \
             and not heartbeat < election:
