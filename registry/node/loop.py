@@ -7,6 +7,7 @@ Client requests arrive on the client socket and are answered once their entry is
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import itertools
 import logging
@@ -63,6 +64,12 @@ from .snapshotter import Snapshotter, freeze_heap
 RETRY_INTERVAL_S = 0.5  # a write or read not done by then is proposed / forwarded / asked again
 MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
 MAX_FORWARD_BYTES = 128 * 1024
+# NB: every second the young generations are collected and the survivors frozen (gc.freeze):
+# the Raft log (one tracked object per entry) and the catalogue (a few per instance) reach
+# millions of long-lived, acyclic objects, and a full cyclic collection over them took 0.36-0.42 s
+# per million here, longer than an election timeout (5 spurious elections in a 10-minute run at
+# 64 clients before this; 0 after). Frozen objects are still freed by reference counting.
+GC_FREEZE_INTERVAL_S = 1.0
 MAX_FORWARD_RESTORE_BYTES = 48 * 1024**2 + 64 * 1024  # a snapshot_restore entry (catalogue.MAX_RESTORE_BYTES)
 
 
@@ -213,6 +220,7 @@ class Node:
         next_ping = self.clock() + ping_every if ping_every is not None else float("inf")
         snapshots = self.snapshots
         assert snapshots is not None
+        next_freeze = self.clock() + GC_FREEZE_INTERVAL_S
         try:
             while not self._stop_requested and not (until is not None and until()):
                 timeout_ms = max(0.0, (min(next_tick, next_ping) - self.clock()) * 1000)
@@ -240,6 +248,10 @@ class Node:
                     self._tell_dns_leader_contact(now)
                     if not snapshots.running:
                         self.storage.compact_step()  # what adopt_snapshot left, a bounded batch per tick
+                    if now >= next_freeze:
+                        gc.collect(1)
+                        freeze_heap()
+                        next_freeze = now + GC_FREEZE_INTERVAL_S
                 self._handle_ready()
                 snapshots.maybe_finish(self.raw)
                 snapshots.maybe_start(self.catalogue, self.applied_term, self.raw.raft.membership)
