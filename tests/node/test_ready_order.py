@@ -31,7 +31,7 @@ class _Recorder:
     def send(self, messages: Any) -> None:
         self.events.append(("send", tuple(messages)))
 
-    def save(self, entries: Any, hard_state: Any, *, sync: bool) -> None:
+    def save(self, entries: Any, hard_state: Any, *, sync: bool, snapshot: Any = None) -> None:
         self.events.append(("save", (tuple(entries), hard_state, sync)))
 
 
