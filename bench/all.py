@@ -133,6 +133,7 @@ def summarise(steps: dict[str, Any]) -> dict[str, Any]:
         s["elections"] = {"seconds": _get(el, "config", "seconds"), "clients": _get(el, "config", "clients"),
                           "term_changes": el["elections"]["term_changes"],
                           "leader_changes": el["elections"]["leader_changes"],
+                          "leaderless_episodes": el["elections"].get("leaderless_episodes"),
                           "writes_per_s": _get(el, "writes", "writes_per_s"), "p99_ms": _get(el, "writes", "p99_ms")}
     d = steps.get("dns") or {}
     dns_rows: dict[str, dict[str, Any]] = {}
@@ -221,7 +222,8 @@ def print_table(r: dict[str, Any]) -> None:
     if el:
         print(f"{'spurious elections: terms/leaders moved':<44}{str(el['term_changes']) + ' / ' + str(el['leader_changes']):>22}"
               f"{'':>22}  0 {_mark(el['term_changes'] == 0)} ({el['clients']} clients, {el['seconds']:g} s, "
-              f"{_f(el['writes_per_s'], '.0f')} writes/s)")
+              f"{_f(el['writes_per_s'], '.0f')} writes/s; {el.get('leaderless_episodes') or 0} leaderless "
+              "episodes kept by pre-vote)")
     for k, d in (s.get("dns") or {}).items():
         print(f"{'DNS ' + k + ' q/s, p99 ms':<44}{_f(d['qps'], '.0f') + ', ' + _f(d['p99_ms'], '.2f'):>22}")
         qpc = d.get("qps_per_dns_core")
@@ -229,8 +231,8 @@ def print_table(r: dict[str, Any]) -> None:
               f">=50,000 {_mark(qpc >= 50_000 if qpc else None)}")
     ref = s.get("dns_reference")
     if ref:
-        print(f"{'bare DNS process vs dnsmasq: q/s':<44}{_f(ref['registry_qps'], '.0f'):>22}"
-              f"{'dnsmasq ' + _f(ref['dnsmasq_qps'], '.0f'):>12}{_f(ref['qps_ratio']):>10}")
+        print(f"{'bare DNS process, q/s (dnsmasq in etcd col.)':<44}{_f(ref['registry_qps'], '.0f'):>22}"
+              f"{_f(ref['dnsmasq_qps'], '.0f'):>12}{_f(ref['qps_ratio']):>10}")
         print(f"{'  queries per server CPU-second':<44}{_f(ref['registry_qps_per_cpu_s'], '.0f'):>22}"
               f"{_f(ref['dnsmasq_qps_per_cpu_s'], '.0f'):>12}{_f(ref['qps_per_cpu_s_ratio']):>10}")
     for count, x in (s.get("restart") or {}).items():

@@ -76,6 +76,7 @@ class Watcher:
         self.polls = 0
         self.unanswered = 0
         self._last: dict[str, tuple[int, str | None]] = {}
+        self._first: dict[str, tuple[int, str | None]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.t0 = 0.0
@@ -83,6 +84,7 @@ class Watcher:
     def start(self) -> None:
         self.t0 = time.monotonic()
         self._sample(record=False)
+        self._first = dict(self._last)
         self._thread.start()
 
     def stop(self) -> None:
@@ -113,10 +115,16 @@ class Watcher:
                                      "term": s.term, "leader": s.leader, "before": list(before)})
 
     def summary(self) -> dict[str, Any]:
+        """Term changes and leader changes (a new (term, leader) pair that some node reported),
+        and leaderless episodes: a node that lost its leader and found the same one again in the
+        same term (its election timer ran out, and pre-vote kept the term: a stall, not an election)."""
+        first = {(term, leader) for term, leader in self._first.values() if leader is not None}
+        seen = first | {(c["term"], c["leader"]) for c in self.changes if c["leader"] is not None}
         terms = {c["term"] for c in self.changes if c["term"] != c["before"][0]}
-        leaders = [c for c in self.changes if c["leader"] != c["before"][1] and c["leader"] is not None]
-        return {"term_changes": len(terms), "leader_changes": len({(c["term"], c["leader"]) for c in leaders}),
-                "polls": self.polls, "unanswered": self.unanswered, "changes": self.changes}
+        leaderless = {c["t_s"] for c in self.changes if c["leader"] is None and c["term"] == c["before"][0]}
+        return {"term_changes": len(terms), "leader_changes": max(0, len(seen) - len(first)),
+                "leaderless_episodes": len(leaderless), "polls": self.polls, "unanswered": self.unanswered,
+                "changes": self.changes}
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -126,7 +134,8 @@ def print_table(r: dict[str, Any]) -> None:
           f"{r['machine'].get('loadavg_after', ['?'])[0]} after")
     print(f"writes/s {w['writes_per_s']:.0f}, p50 {w['p50_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms, "
           f"errors {sum(w['errors'].values())}")
-    print(f"term changes {e['term_changes']}, leader changes {e['leader_changes']} "
+    print(f"term changes {e['term_changes']}, leader changes {e['leader_changes']}, "
+          f"leaderless episodes {e.get('leaderless_episodes', 0)} "
           f"({e['polls']} polls every {c['poll_s']:g} s, {e['unanswered']} unanswered)")
     for change in e["changes"]:
         print(f"  at {change['t_s']:.1f} s: {change['node']} term {change['before'][0]} -> {change['term']}, "
