@@ -589,8 +589,9 @@ class Raft:
             return  # about a transfer we are no longer making
         if m.received > len(snapshot.data):
             raise RemoteError(f"node {m.source} claims {m.received} bytes of a {len(snapshot.data)}-byte snapshot")
-        if m.received < pr.snapshot_offset and m.received != 0:
-            return  # an old answer, overtaken (0 means the follower lost its copy: start over)
+        # NB: taken as is, even below what an earlier answer said: the follower may have lost
+        # its copy and started over from a delayed first chunk. An answer that is merely old
+        # costs one chunk re-sent, which the follower answers with what it really holds.
         pr.snapshot_offset = m.received
         pr.snapshot_stall = 0
         pr.probe_sent = False

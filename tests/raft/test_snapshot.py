@@ -315,3 +315,32 @@ def test_restart_replays_only_entries_after_the_snapshot() -> None:
     raft2 = c.raft(2)
     assert raft2.log.snapshot_index == meta.index
     assert all(e.index > meta.index for e in c.applied[NodeId(2)])
+
+
+def test_leader_rewinds_to_a_follower_that_restarted_from_a_delayed_first_chunk() -> None:
+    """Found by the simulator (5 nodes, seed 599): a follower restarts mid-transfer, then a
+    delayed duplicate of the first chunk starts a new copy; it answers that it holds 1 byte
+    while the leader is further on. The leader must believe the smaller count, not dismiss it
+    as an old answer (which stalled the transfer forever)."""
+    c = led_cluster(max_msg_bytes=1)
+    c.isolate(3)
+    write(c, 1, b"a", b"b")
+    c.compact(1)
+    c.heal()
+    c.tick_all(1, stabilize=False)
+    first_chunk: list[InstallSnapshot] = []
+    for _ in range(20):  # until the follower holds 3 bytes
+        c.process_all()
+        first_chunk += [m for m in c.pending if isinstance(m, InstallSnapshot) and m.offset == 0]
+        c.deliver()
+        if c.raft(3)._incoming is not None and c.raft(3)._incoming.received >= 3:
+            break
+    c.process_all()
+    c.deliver(lambda m: m.target == 1)  # the leader learns it holds 3 and sends the next chunk
+    pr = c.raft(1).progress[NodeId(3)]
+    assert pr.state is ProgressState.SNAPSHOT and pr.snapshot_offset >= 3
+    c.restart(3)  # the partial copy is gone ...
+    c.nodes[NodeId(3)].step(first_chunk[0])  # ... and a late duplicate of the first chunk starts another
+    c.tick_all(6)
+    assert len(c.restored[NodeId(3)]) == 1
+    assert c.raft(3).log.commit_index == c.raft(1).log.commit_index
