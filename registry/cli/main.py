@@ -16,6 +16,7 @@ import typer
 
 import registry
 from registry.cli import cluster_cmds, config_cmds, snapshot_cmds
+from registry.cli.options import JsonOption, ServersOption, TimeoutOption
 from registry.naming import AddressError, parse_hostport
 
 if TYPE_CHECKING:
@@ -251,32 +252,6 @@ def _echo_summary(results: list[SimResult], elapsed_s: float) -> None:
 # registry.client.Client and prints. Exit status: 0 done, 1 the cluster could not do it (the
 # reason on stderr), 2 a usage or validation error (nothing was sent).
 
-
-def _check_servers(values: list[str] | None) -> list[str] | None:
-    for text in values or ():
-        try:
-            parse_hostport(text, what="server")
-        except AddressError as e:
-            raise typer.BadParameter(str(e), param_hint="'--server'") from None
-    return values
-
-
-ServersOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--server",
-        metavar="HOST:PORT",
-        callback=_check_servers,
-        help="A node's client address; repeat for several. "
-        "Default: $REGISTRY_SERVERS (comma-separated), else 127.0.0.1:7101,7102,7103.",
-        show_default=False,
-    ),
-]
-TimeoutOption = Annotated[
-    float,
-    typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up after this long."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
 
 # Client-side validation names an argument; this is how the user wrote it.
 _PARAM_HINTS = {

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from registry.cli.options import JsonOption, ServersOption, TimeoutOption
+
 if TYPE_CHECKING:
     from registry.catalogue import Catalogue
     from registry.storage.snapfile import SnapshotHeader
@@ -41,30 +43,6 @@ snapshot_app = typer.Typer(
 )
 
 DEFAULT_TIMEOUT_S = 60.0  # a snapshot can be tens of MB, and a restore is applied on every node
-
-
-def _check_servers(values: list[str] | None) -> list[str] | None:
-    from registry.cli.main import _check_servers as check
-
-    return check(values)
-
-
-ServersOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--server",
-        metavar="HOST:PORT",
-        callback=_check_servers,
-        help="A node's client address; repeat for several. "
-        "Default: $REGISTRY_SERVERS (comma-separated), else 127.0.0.1:7101,7102,7103.",
-        show_default=False,
-    ),
-]
-TimeoutOption = Annotated[
-    float,
-    typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up after this long."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
 
 
 def _invalid(message: str) -> NoReturn:
