@@ -11,7 +11,7 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,19 +33,6 @@ def squash(text: str) -> str:
 @pytest.fixture(autouse=True)
 def no_servers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REGISTRY_SERVERS", raising=False)
-
-
-@pytest.fixture
-def fake() -> Iterator[Callable[..., FakeServer]]:
-    made: list[FakeServer] = []
-
-    def make(*args: Any, **kwargs: Any) -> FakeServer:
-        made.append(FakeServer(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
 
 
 def run(*args: str, servers: list[FakeServer] = (), env: dict[str, str] | None = None):  # type: ignore[assignment]

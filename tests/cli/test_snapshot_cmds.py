@@ -8,7 +8,7 @@ terminal), in which case nothing is sent.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +29,6 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def no_servers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REGISTRY_SERVERS", raising=False)
-
-
-@pytest.fixture
-def fake() -> Iterator[Callable[..., FakeServer]]:
-    made: list[FakeServer] = []
-
-    def make(*args: Any, **kwargs: Any) -> FakeServer:
-        made.append(FakeServer(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
 
 
 def catalogue() -> Catalogue:
