@@ -29,7 +29,6 @@ import msgpack
 
 from .model import Instance
 from .state import (
-    _HEADER_BYTES,
     MAX_SESSIONS,
     SNAPSHOT_FORMAT,
     SNAPSHOT_MAGIC,
@@ -38,6 +37,7 @@ from .state import (
     _decode_result,
     _encode_result,
     _Session,
+    _snapshot_body,
 )
 from .view import CatalogueView, ServiceMap
 
@@ -91,15 +91,7 @@ def freeze(catalogue: Catalogue) -> FrozenCatalogue:
 def thaw(data: bytes, *, max_sessions: int = MAX_SESSIONS) -> Catalogue:
     """A catalogue from bytes a catalogue wrote (see the module docstring). Raises SnapshotError
     if the header, the checksum or the structure is wrong; the result equals ``from_bytes``'s."""
-    data = bytes(data)
-    if len(data) < _HEADER_BYTES or not data.startswith(SNAPSHOT_MAGIC):
-        raise SnapshotError("not a catalogue snapshot (no RCAT header)")
-    version = int.from_bytes(data[4:6], "big")
-    if version != SNAPSHOT_FORMAT:
-        raise SnapshotError(f"unsupported catalogue snapshot format {version}; this node reads {SNAPSHOT_FORMAT}")
-    body = memoryview(data)[_HEADER_BYTES:]
-    if hashlib.sha256(body).digest() != data[6:_HEADER_BYTES]:
-        raise SnapshotError("catalogue snapshot checksum mismatch: the snapshot is corrupt or truncated")
+    body = _snapshot_body(data)
     try:
         # NB: decoded one instance at a time: unpacking the whole body first and then building
         # the instances left the freed intermediate lists as holes between the live objects, and

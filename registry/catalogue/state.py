@@ -366,7 +366,8 @@ def check_snapshot_envelope(data: bytes) -> None:
     _snapshot_body(data)
 
 
-def _snapshot_body(data: bytes) -> bytes:
+def _snapshot_body(data: bytes) -> memoryview:
+    """The checked body of a snapshot, without copying it (a snapshot can be tens of MB)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SnapshotError(f"a snapshot must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -375,7 +376,7 @@ def _snapshot_body(data: bytes) -> bytes:
     version = int.from_bytes(data[4:6], "big")
     if version != SNAPSHOT_FORMAT:
         raise SnapshotError(f"unsupported catalogue snapshot format {version}; this node reads {SNAPSHOT_FORMAT}")
-    body = data[_HEADER_BYTES:]
+    body = memoryview(data)[_HEADER_BYTES:]
     if hashlib.sha256(body).digest() != data[6:_HEADER_BYTES]:
         raise SnapshotError("catalogue snapshot checksum mismatch: the snapshot is corrupt or truncated")
     return body
