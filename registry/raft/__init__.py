@@ -27,7 +27,7 @@ from .messages import (
 )
 from .progress import Progress, ProgressState
 from .quorum import VoteResult, committed_index, has_quorum, quorum_size, vote_result
-from .rawnode import PeerStatus, RawNode, Status
+from .rawnode import BasicStatus, PeerStatus, RawNode, Status
 from .ready import Ready
 from .types import (
     NO_NODE,
@@ -47,7 +47,7 @@ from .types import (
 )
 
 __all__ = [
-    "MESSAGE_TYPES", "NO_NODE", "AppendEntries", "AppendEntriesResponse", "Config", "Entry", "EntryKind",
+    "MESSAGE_TYPES", "NO_NODE", "AppendEntries", "AppendEntriesResponse", "BasicStatus", "Config", "Entry", "EntryKind",
     "HardState", "Heartbeat", "HeartbeatResponse", "Index", "InitialState", "InstallSnapshot",
     "InstallSnapshotResponse", "LocalError", "Membership",
     "Message", "NoLeader", "NodeId", "NotLeader", "PeerStatus", "Progress", "ProgressState",

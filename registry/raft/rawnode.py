@@ -9,7 +9,7 @@ from .errors import LocalError
 from .messages import Message
 from .progress import ProgressState
 from .ready import Ready
-from .types import Index, InitialState, NodeId, Role, SnapshotMeta, SoftState, Term
+from .types import Index, InitialState, Membership, NodeId, Role, SnapshotMeta, SoftState, Term
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,19 @@ class PeerStatus:
     next_index: Index
     state: ProgressState
     recent_active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BasicStatus:
+    """What a caller asks on every request (etcd's BasicStatus): cheap, no per-peer detail."""
+
+    node_id: NodeId
+    role: Role
+    term: Term
+    leader_id: NodeId  # NO_NODE (0) when none is known
+    commit_index: Index
+    applied_index: Index
+    lead_transferee: NodeId
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +47,7 @@ class Status:
     snapshot_index: Index  # of the newest snapshot: what a follower too far behind is sent
     lead_transferee: NodeId
     progress: dict[NodeId, PeerStatus]  # empty unless this node leads
+    membership: Membership
 
 
 class RawNode:
@@ -144,6 +158,16 @@ class RawNode:
         if ready.committed:
             self.raft.log.applied_to(ready.committed[-1].index)
 
+    @property
+    def membership(self) -> Membership:
+        """The configuration this node acts on (the newest it knows of)."""
+        return self.raft.membership
+
+    def basic_status(self) -> BasicStatus:
+        raft = self.raft
+        return BasicStatus(raft.node_id, raft.role, raft.term, raft.leader_id, raft.log.commit_index,
+                           raft.log.applied_index, raft.lead_transferee)
+
     def status(self) -> Status:
         raft, log = self.raft, self.raft.log
         return Status(
@@ -153,6 +177,7 @@ class RawNode:
             snapshot_index=raft.snapshot.meta.index, lead_transferee=raft.lead_transferee,
             progress={peer: PeerStatus(pr.match_index, pr.next_index, pr.state, pr.recent_active)
                       for peer, pr in raft.progress.items()},
+            membership=raft.membership,
         )
 
 
