@@ -19,10 +19,10 @@ msgpack. It owns no thread and reads no clock: the node loop polls `ZmqTransport
 """
 
 from .base import Transport, TransportError
-from .codec import FORWARD_TAG, WIRE_VERSION, CodecError, Forward, Wire, decode, encode
+from .codec import FORWARD_OP_TAG, FORWARD_TAG, WIRE_VERSION, CodecError, Forward, ForwardOp, Wire, decode, encode
 from .zmq_transport import TransportStats, ZmqTransport
 
 __all__ = [
-    "FORWARD_TAG", "WIRE_VERSION", "CodecError", "Forward", "Transport", "TransportError", "TransportStats",
-    "Wire", "ZmqTransport", "decode", "encode",
+    "FORWARD_OP_TAG", "FORWARD_TAG", "WIRE_VERSION", "CodecError", "Forward", "ForwardOp", "Transport",
+    "TransportError", "TransportStats", "Wire", "ZmqTransport", "decode", "encode",
 ]

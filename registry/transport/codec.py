@@ -1,7 +1,8 @@
 """The wire format of peer messages: one version byte, then one msgpack array.
 
     frame   = WIRE_VERSION (1 byte) || msgpack([tag, field_1, ..., field_n])
-    tag     = the message type's position in raft.MESSAGE_TYPES, or FORWARD_TAG for Forward
+    tag     = the message type's position in raft.MESSAGE_TYPES, or FORWARD_TAG / FORWARD_OP_TAG for
+              Forward (a write / another operation, which travels as a field)
     fields  = every dataclass field, in declaration order (defaults included)
     entries = an array of [term, index, kind, data] arrays
     meta    = [index, term, [voter ids], [learner ids]] (a snapshot's metadata)
@@ -17,13 +18,18 @@ wrong one shows up as a CodecError at the receiver.
 NB: the tags are MESSAGE_TYPES positions, so reordering that tuple changes the wire format;
 tests/transport/test_codec.py pins the bytes of every type so that such a change cannot go
 unnoticed. Adding a field to a message type changes the format too (the field count is
-checked): either is a new WIRE_VERSION. Forward's tag is far above the positions, so new core
-message types can be appended without colliding with it.
+checked): either is a new WIRE_VERSION. Forward's tags are far above the positions, so new core
+message types can be appended without colliding with them.
+
+NB: a Forward of an ordinary write keeps the first version's 3-field frame under FORWARD_TAG, so
+nodes of the previous version and this one forward writes to each other during a rolling
+upgrade; only other operations (a restore) use FORWARD_OP_TAG, whose frame carries `op`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,11 +40,14 @@ import msgpack
 
 from registry.raft import MESSAGE_TYPES, Entry, EntryKind, Index, Membership, Message, NodeId, SnapshotMeta, Term
 
-__all__ = ["FORWARD_TAG", "WIRE_VERSION", "CodecError", "Forward", "Wire", "decode", "encode"]
+__all__ = ["FORWARD_OP_TAG", "FORWARD_TAG", "WIRE_VERSION", "CodecError", "Forward", "ForwardOp", "Wire", "decode",
+           "encode"]
 
 WIRE_VERSION = 1
 #: Forward's tag: far above the MESSAGE_TYPES positions (0..8 today), which may grow.
 FORWARD_TAG = 64
+#: A Forward whose `op` is not WRITE.
+FORWARD_OP_TAG = 65
 
 _U63_MAX = (1 << 63) - 1
 
@@ -47,12 +56,29 @@ class CodecError(ValueError):
     """Bytes from a peer that are not a valid frame; the message says which part is wrong."""
 
 
+class ForwardOp(enum.IntEnum):
+    """What a forwarded proposal is, so the leader bounds it without looking inside `payload`."""
+
+    WRITE = 0  # a client's register or deregister
+    RESTORE = 1  # an operator's snapshot restore: a whole catalogue, far larger than a write
+
+
 @dataclass(frozen=True, slots=True)
 class Forward:
     """Follower -> leader: a client write (`payload`, opaque here) forwarded to the leader.
 
     It travels on the Raft connections but is not a Raft message: the node loop, not the core,
     handles it (it proposes `payload` on the leader)."""
+
+    source: NodeId
+    target: NodeId
+    payload: bytes
+    op: ForwardOp = ForwardOp.WRITE
+
+
+@dataclass(frozen=True, slots=True)
+class _ForwardWrite:
+    """The wire shape of a Forward of a WRITE (the first version's frame)."""
 
     source: NodeId
     target: NodeId
@@ -69,6 +95,7 @@ _KIND_OF_ANNOTATION = {
     "int": _U63, "NodeId": _U63, "Term": _U63, "Index": _U63,
     "bool": _BOOL,
     "bytes": _BYTES,
+    "ForwardOp": _U63,
     "tuple[Entry, ...]": _ENTRIES,
     "SnapshotMeta": _META,
 }  # fmt: skip
@@ -82,6 +109,7 @@ _ENTRY_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
 class _Spec:
     tag: int
     cls: type
+    name: str  # in error messages
     names: tuple[str, ...]
     kinds: tuple[int, ...]
     get: Callable[[Any], tuple[Any, ...]]  # all fields at once, in order
@@ -107,13 +135,16 @@ def _spec(tag: int, cls: type) -> _Spec:
           for kind in (_U63, _BOOL, _BYTES, _ENTRIES, _META)}
     assert len(at[_ENTRIES]) <= 1, f"{cls.__name__}: at most one entries field"
     assert len(at[_META]) <= 1, f"{cls.__name__}: at most one snapshot meta field"
-    return _Spec(tag, cls, names, tuple(kinds), attrgetter(*names), at[_U63], at[_BOOL], at[_BYTES],
+    name = "Forward" if cls is _ForwardWrite else cls.__name__
+    return _Spec(tag, cls, name, names, tuple(kinds), attrgetter(*names), at[_U63], at[_BOOL], at[_BYTES],
                  at[_ENTRIES][0] if at[_ENTRIES] else -1, at[_META][0] if at[_META] else -1)
 
 
-_SPECS = [_spec(tag, cls) for tag, cls in enumerate(MESSAGE_TYPES)] + [_spec(FORWARD_TAG, Forward)]
+_SPECS = [_spec(tag, cls) for tag, cls in enumerate(MESSAGE_TYPES)] + [_spec(FORWARD_TAG, _ForwardWrite),
+                                                                      _spec(FORWARD_OP_TAG, Forward)]
 assert FORWARD_TAG >= len(MESSAGE_TYPES), "Forward's tag collides with a core message type"
 _BY_TYPE: dict[type, _Spec] = {s.cls: s for s in _SPECS}
+_FORWARD_OPS: dict[int, ForwardOp] = {int(op): op for op in ForwardOp}
 _BY_TAG: dict[int, _Spec] = {s.tag: s for s in _SPECS}
 
 _PREFIX = bytes([WIRE_VERSION])
@@ -126,6 +157,8 @@ _SLICE_BYTES = 4096
 
 def encode(m: Wire) -> bytes:
     """One frame for `m` (a core message or a Forward). Raises CodecError for anything else."""
+    if type(m) is Forward and m.op is ForwardOp.WRITE:
+        m = _ForwardWrite(m.source, m.target, m.payload)  # type: ignore[assignment]
     spec = _BY_TYPE.get(type(m))
     if spec is None:
         raise CodecError(f"cannot encode {type(m).__name__}: not a Raft message or Forward")
@@ -170,7 +203,7 @@ def decode(data: bytes | bytearray | memoryview) -> Wire:
     if spec is None:
         raise CodecError(f"unknown message tag {tag!r:.40}")
     if len(body) != len(spec.kinds) + 1:
-        raise CodecError(f"{spec.cls.__name__}: expected {len(spec.kinds)} fields, got {len(body) - 1}")
+        raise CodecError(f"{spec.name}: expected {len(spec.kinds)} fields, got {len(body) - 1}")
     for i in spec.u63_at:
         v = body[i]
         if type(v) is not int or v < 0 or v > _U63_MAX:
@@ -185,6 +218,13 @@ def decode(data: bytes | bytearray | memoryview) -> Wire:
         body[spec.entries_at] = _decode_entries(spec, spec.entries_at, body[spec.entries_at])
     if spec.meta_at > 0:
         body[spec.meta_at] = _decode_meta(spec, spec.meta_at, body[spec.meta_at])
+    if spec.cls is _ForwardWrite:
+        return Forward(*body[1:])
+    if spec.cls is Forward:
+        op = _FORWARD_OPS.get(body[4])
+        if op is None:
+            raise CodecError(f"Forward.op: expected one of {sorted(_FORWARD_OPS)}, got {_describe(body[4])}")
+        body[4] = op
     return spec.cls(*body[1:])  # type: ignore[no-any-return]
 
 
@@ -194,28 +234,28 @@ def _decode_entries(spec: _Spec, i: int, v: object) -> tuple[Entry, ...]:
     entries = []
     for n, e in enumerate(v):  # type: ignore[arg-type]
         if type(e) is not list or len(e) != 4:
-            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}]: expected [term, index, kind, data], "
+            raise CodecError(f"{spec.name}.{spec.names[i - 1]}[{n}]: expected [term, index, kind, data], "
                              f"got {_describe(e)}")
         term, index, kind, data = e
         if type(term) is not int or term < 0 or term > _U63_MAX:
-            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}].term: expected {_KIND_NAMES[_U63]}, "
+            raise CodecError(f"{spec.name}.{spec.names[i - 1]}[{n}].term: expected {_KIND_NAMES[_U63]}, "
                              f"got {_describe(term)}")
         if type(index) is not int or index < 0 or index > _U63_MAX:
-            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}].index: expected {_KIND_NAMES[_U63]}, "
+            raise CodecError(f"{spec.name}.{spec.names[i - 1]}[{n}].index: expected {_KIND_NAMES[_U63]}, "
                              f"got {_describe(index)}")
         entry_kind = _ENTRY_KINDS.get(kind) if type(kind) is int else None
         if entry_kind is None:
-            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}].kind: expected one of "
+            raise CodecError(f"{spec.name}.{spec.names[i - 1]}[{n}].kind: expected one of "
                              f"{sorted(_ENTRY_KINDS)}, got {_describe(kind)}")
         if type(data) is not bytes:
-            raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}[{n}].data: expected bytes, "
+            raise CodecError(f"{spec.name}.{spec.names[i - 1]}[{n}].data: expected bytes, "
                              f"got {_describe(data)}")
         entries.append(Entry(term, index, entry_kind, data))  # type: ignore[arg-type]
     return tuple(entries)
 
 
 def _decode_meta(spec: _Spec, i: int, v: object) -> SnapshotMeta:
-    where = f"{spec.cls.__name__}.{spec.names[i - 1]}"
+    where = f"{spec.name}.{spec.names[i - 1]}"
     if type(v) is not list or len(v) != 4:
         _bad_field(spec, i, v)
     index, term, voters, learners = v  # type: ignore[misc]
@@ -239,7 +279,7 @@ def _decode_meta(spec: _Spec, i: int, v: object) -> SnapshotMeta:
 
 
 def _bad_field(spec: _Spec, i: int, v: object) -> NoReturn:
-    raise CodecError(f"{spec.cls.__name__}.{spec.names[i - 1]}: expected {_KIND_NAMES[spec.kinds[i - 1]]}, "
+    raise CodecError(f"{spec.name}.{spec.names[i - 1]}: expected {_KIND_NAMES[spec.kinds[i - 1]]}, "
                      f"got {_describe(v)}")
 
 

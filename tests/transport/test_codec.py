@@ -31,7 +31,7 @@ from registry.raft import (
     TimeoutNow,
 )
 from registry.raft import InstallSnapshot, InstallSnapshotResponse, Membership, SnapshotMeta
-from registry.transport import FORWARD_TAG, WIRE_VERSION, CodecError, Forward, decode, encode
+from registry.transport import FORWARD_OP_TAG, FORWARD_TAG, WIRE_VERSION, CodecError, Forward, ForwardOp, decode, encode
 
 U63 = st.integers(min_value=0, max_value=2**63 - 1)
 ENTRY = st.builds(Entry, U63, U63, st.sampled_from(EntryKind), st.binary(max_size=64))
@@ -39,6 +39,7 @@ FIELD_STRATEGIES = {
     "int": U63, "NodeId": U63, "Term": U63, "Index": U63,
     "bool": st.booleans(),
     "bytes": st.binary(max_size=64),
+    "ForwardOp": st.sampled_from(ForwardOp),
     "tuple[Entry, ...]": st.lists(ENTRY, max_size=6).map(tuple),
     "SnapshotMeta": st.builds(
         lambda index, term, ids, split: SnapshotMeta(index, term, Membership(frozenset(ids[:split]),
@@ -101,12 +102,14 @@ GOLDEN = [
      "019809010203940902920102910504c4026162c2"),
     (InstallSnapshotResponse(NodeId(1), NodeId(2), Term(3), Index(9), Term(2), 6), "01970a0102030902" "06"),
     (Forward(NodeId(2**63 - 1), NodeId(1), b"w"), "019440cf7fffffffffffffff01c40177"),
+    (Forward(NodeId(2), NodeId(1), b"r", ForwardOp.RESTORE), "0195410201c4017201"),
 ]
 
 
 @pytest.mark.parametrize("m, hex_", GOLDEN, ids=lambda v: type(v).__name__ if not isinstance(v, str) else "")
 def test_wire_format_is_pinned(m: object, hex_: str) -> None:
-    """Each type's tag is its MESSAGE_TYPES position (Forward: 64) and the bytes never drift."""
+    """Each type's tag is its MESSAGE_TYPES position (Forward: 64 for a write, in the first version's
+    3-field frame that older nodes decode; 65 with its op for anything else) and the bytes never drift."""
     assert encode(m).hex() == hex_  # type: ignore[arg-type]
     assert decode(bytes.fromhex(hex_)) == m
 
@@ -114,6 +117,7 @@ def test_wire_format_is_pinned(m: object, hex_: str) -> None:
 def test_golden_covers_every_type() -> None:
     assert {type(m) for m, _ in GOLDEN} == set(WIRE_TYPES)
     assert FORWARD_TAG >= len(MESSAGE_TYPES)
+    assert {m.op for m, _ in GOLDEN if isinstance(m, Forward)} == set(ForwardOp)
 
 
 def test_encode_refuses_what_is_not_a_message() -> None:
@@ -173,6 +177,9 @@ def entry_field(value: object) -> list[object]:
         (raw([0, 1, 2, 3, 4, 5, False, 0]), r"RequestVote.transfer: expected a bool, got int 0"),
         (raw([7, 1, 2, 3, "ctx"]), r"ReadIndex.context: expected bytes, got str"),
         (raw([64, 1, 2, ["w"]]), r"Forward.payload: expected bytes, got list"),
+        (raw([64, 1, 2, b"w", 0]), r"Forward: expected 3 fields, got 4"),
+        (raw([65, 1, 2, b"w", 7]), r"Forward.op: expected one of \[0, 1\], got int 7"),
+        (raw([65, 1, 2, b"w"]), r"Forward: expected 4 fields, got 3"),
         (raw([7, 1, 2, 3, msgpack.ExtType(1, b"x")]), "ReadIndex.context: expected bytes, got ExtType"),
         (raw([2, 1, 2, 3, 0, 0, {}, 0]), "AppendEntries.entries: expected an array of entries, got dict"),
         (raw([2, 1, 2, 3, 0, 0, b"", 0]), "AppendEntries.entries: expected an array of entries, got bytes"),
@@ -272,7 +279,7 @@ MSGPACK_VALUES = st.recursive(
 
 
 @settings(max_examples=300)
-@given(tag=st.sampled_from([*range(len(MESSAGE_TYPES)), FORWARD_TAG]), fields=st.lists(MSGPACK_VALUES, max_size=9))
+@given(tag=st.sampled_from([*range(len(MESSAGE_TYPES)), FORWARD_TAG, FORWARD_OP_TAG]), fields=st.lists(MSGPACK_VALUES, max_size=9))
 def test_well_formed_msgpack_of_the_wrong_shape(tag: int, fields: list[object]) -> None:
     """Any msgpack array behind a valid tag decodes only if every field has the right type, else CodecError."""
     decode_or_codec_error(raw([tag, *fields]))
@@ -284,7 +291,7 @@ def test_one_wrong_field_is_always_caught(m: object, data: st.DataObject) -> Non
     """Replacing any one field with a value of another msgpack type is always refused."""
     fields = dataclasses.fields(m)  # type: ignore[arg-type]
     body = msgpack.unpackb(encode(m)[1:])  # type: ignore[arg-type]
-    i = data.draw(st.integers(1, len(fields)))
+    i = data.draw(st.integers(1, len(body) - 1))  # a write's Forward has no op on the wire
     wrong = {"bool": [1, b"x", None], "bytes": [1, True, "x", [b"x"]], "tuple[Entry, ...]": [b"", 1, {"a": 1}],
              "SnapshotMeta": [b"", 1, [1, 2, [1]], [1, 2, [0], []], [1, -2, [1], []], [1, 2, [1], [1]],
                               [1, 2, "x", []]]}.get(
