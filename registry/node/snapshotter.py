@@ -181,7 +181,7 @@ class Snapshotter:
                             job.meta.index, job.error, RETRY_AFTER_FAILURE_S)
             return False
         assert job.path is not None
-        if job.meta.index <= raw.raft.snapshot.meta.index or job.meta.index <= self._storage.snapshot_index:
+        if job.meta.index <= raw.status().snapshot_index or job.meta.index <= self._storage.snapshot_index:
             self.stats.discarded += 1
             self._storage.discard_snapshot(job.path)
             return False

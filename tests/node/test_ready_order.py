@@ -4,10 +4,9 @@ everything else after it (Ready.messages_before_persist; dissertation §10.2.1).
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 from typing import Any
 
-from registry.node.loop import Node, NodeStats
+from registry.node.loop import persist_and_send
 from registry.raft import (
     AppendEntries,
     AppendEntriesResponse,
@@ -35,10 +34,6 @@ class _Recorder:
         self.events.append(("save", (tuple(entries), hard_state, sync)))
 
 
-def _fake_node(recorder: _Recorder) -> Any:
-    return SimpleNamespace(transport=recorder, storage=recorder, stats=NodeStats())
-
-
 def _node(node_id: int, **config: Any) -> RawNode:
     members = Membership(frozenset({NodeId(1), NodeId(2), NodeId(3)}))
     return RawNode(Config(NodeId(node_id), random.Random(node_id), **config),
@@ -64,7 +59,7 @@ def test_leader_sends_its_appends_before_persisting_them() -> None:
     leader.propose(b"x")
     ready = leader.ready()
     recorder = _Recorder()
-    Node._persist_and_send(_fake_node(recorder), ready)
+    persist_and_send(ready, recorder, recorder)
     kinds = [kind for kind, _ in recorder.events]
     assert kinds == ["send", "save"]
     sent = recorder.events[0][1]
@@ -78,7 +73,7 @@ def test_votes_are_sent_only_after_the_write() -> None:
     voter.step(RequestVote(NodeId(1), NodeId(2), Term(1), Index(0), Term(0)))
     ready = voter.ready()
     recorder = _Recorder()
-    Node._persist_and_send(_fake_node(recorder), ready)
+    persist_and_send(ready, recorder, recorder)
     assert [kind for kind, _ in recorder.events] == ["save", "send"]
     assert recorder.events[1][1] == ready.messages
 
@@ -94,6 +89,6 @@ def test_follower_acknowledgements_are_sent_only_after_the_write() -> None:
             follower.step(m)
     rd = follower.ready()
     recorder = _Recorder()
-    Node._persist_and_send(_fake_node(recorder), rd)
+    persist_and_send(rd, recorder, recorder)
     assert [kind for kind, _ in recorder.events][-2:] == ["save", "send"]
     assert all(kind != "send" for kind, _ in recorder.events[:-1])

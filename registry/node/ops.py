@@ -1,0 +1,111 @@
+"""The client operations: each request on the client socket turned into a write, a read or an answer.
+
+Arguments are checked here (``ValidationError`` for a bad one: the loop answers ``invalid``);
+writes and linearizable reads go through ``Requests``; the outcome of an applied write becomes
+its reply in ``render``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from registry.catalogue import (
+    Applied,
+    Deregister,
+    Deregistered,
+    Register,
+    Registered,
+    Rejected,
+    Request,
+    Restored,
+    ValidationError,
+    encode_request,
+)
+
+from .client_api import ClientRequest
+from .replica import Replica
+from .requests import Caller, Failure, Outcome, Replies, Requests
+from .snapshot_ops import SnapshotOps, restored_reply
+
+
+class ClientOps:
+    """Dispatch of the client protocol's operations (docs/client-protocol.md)."""
+
+    def __init__(self, *, requests: Requests, replica: Replica, replies: Replies, snapshots: SnapshotOps,
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self._requests = requests
+        self._replica = replica
+        self._replies = replies
+        self._status = status
+        self._handlers: dict[str, Callable[[ClientRequest, float], None]] = {
+            "register": self._write, "deregister": self._write, "services": self._services,
+            "status": self._answer_status, "snapshot_save": snapshots.save, "snapshot_restore": snapshots.restore,
+        }
+
+    def handle(self, request: ClientRequest, now: float) -> None:
+        """Start or answer one request. Raises ValidationError or CommandError for bad arguments."""
+        self._handlers[request.op](request, now)
+
+    def _write(self, request: ClientRequest, now: float) -> None:
+        args = request.args
+        client_id, seq = args.get("client"), args.get("seq")
+        if request.op == "register":
+            command: Register | Deregister = Register(
+                service=_arg(args, "service", str), address=_arg(args, "address", str), port=_arg(args, "port", int),
+                instance_id=_arg(args, "instance_id", str, optional=True), tags=tuple(_arg(args, "tags", list, default=[])),
+                meta=_arg(args, "meta", dict, default={}))
+        else:
+            command = Deregister(service=_arg(args, "service", str),
+                                 instance_id=_arg(args, "instance_id", str, optional=True),
+                                 address=_arg(args, "address", str, optional=True),
+                                 port=_arg(args, "port", int, optional=True))
+        data = encode_request(Request(client_id=client_id, seq=seq, command=command))  # validates
+        self._requests.write(Caller(request.identity, request.request_id), (client_id, seq), data, now)
+
+    def _services(self, request: ClientRequest, now: float) -> None:
+        service = _arg(request.args, "service", str, optional=True)
+        caller = Caller(request.identity, request.request_id)
+        if _arg(request.args, "stale", bool, default=False):
+            self._answer_services(caller, service)
+        else:
+            self._requests.read(caller, lambda done: self._answer_services(done, service), now)
+
+    def _answer_services(self, caller: Caller, service: str | None) -> None:
+        view = self._replica.view
+        names = [service.lower()] if service is not None else list(view.service_names())
+        services = {name: [_instance_json(i) for i in view.instances(name)] for name in names}
+        self._replies.reply(caller.identity, caller.request_id, {"index": view.applied_index, "services": services})
+
+    def _answer_status(self, request: ClientRequest, now: float) -> None:
+        self._replies.reply(request.identity, request.request_id, self._status())
+
+
+def render(applied: Applied) -> Outcome:
+    """The reply to the client whose write was applied (docs/client-protocol.md)."""
+    result = applied.result
+    if isinstance(result, Registered):
+        return {"instance_id": result.instance_id, "created": result.created, "index": applied.index}
+    if isinstance(result, Deregistered):
+        return {"removed": list(result.removed), "index": applied.index}
+    if isinstance(result, Restored):
+        return restored_reply(result.services, result.instances, applied.index)
+    if isinstance(result, Rejected):
+        return Failure(result.code, result.message)
+    raise AssertionError(f"an applied write has no reply for {result!r}")
+
+
+def _arg(args: dict[str, Any], key: str, kind: type, *, optional: bool = False, default: Any = None) -> Any:
+    value = args.get(key, default)
+    if value is None:
+        if optional or default is not None:
+            return value
+        raise ValidationError(key, f"missing argument {key!r}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValidationError(key, f"argument {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _instance_json(instance: Any) -> dict[str, Any]:
+    return {"id": instance.id, "address": instance.address, "port": instance.port,
+            "tags": list(instance.tags), "meta": dict(instance.meta)}
