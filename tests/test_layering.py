@@ -1,7 +1,9 @@
-"""Layering: the import-direction rules of STYLE.md, checked by walking imports with ``ast``.
+"""Layering: the import-direction rules of STYLE.md, and no import cycles, checked by walking
+imports with ``ast``.
 
-Every ``import`` and ``from ... import`` counts, at any depth (inside functions too); relative
-imports are resolved to absolute names. A folder that does not exist yet has nothing to check.
+Every ``import`` and ``from ... import`` counts, at any depth (inside functions and under
+``if TYPE_CHECKING:`` too, so a cycle cannot be hidden there); relative imports are resolved to
+absolute names. A folder that does not exist yet has nothing to check.
 """
 
 from __future__ import annotations
@@ -217,6 +219,75 @@ def test_raft_uses_random_only_as_a_type() -> None:
     assert not bad, "registry.raft must use an injected random.Random:\n  " + "\n  ".join(bad)
 
 
+def module_graph(root: Path = ROOT) -> dict[str, dict[str, int]]:
+    """Every module of registry/ and dns/ -> the modules of ours it imports (with the first line).
+
+    ``from m import a`` is an import of ``m.a`` when that is one of our modules, else of ``m``.
+    NB: importing ``a.b`` also runs ``a/__init__``, but that edge is left out, as pylint's
+    cyclic-import check does: a submodule that imports a sibling would otherwise always close a
+    cycle through the package that re-exports both.
+    """
+    files = {module_name(path, root): path for folder in IMPORT_NAMES for path in python_files(root / folder)}
+    modules = {name for name, _ in files}
+    graph: dict[str, dict[str, int]] = {}
+    for (module, is_package), path in files.items():
+        edges = graph.setdefault(module, {})
+        for imp in imports_in(path.read_text(encoding="utf-8"), module, is_package):
+            target = imp.name if imp.name in modules else imp.name.rpartition(".")[0]
+            if target in modules and target != module:
+                edges.setdefault(target, imp.line)
+    return graph
+
+
+def import_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def describe_cycle(graph: dict[str, dict[str, int]], component: list[str]) -> str:
+    members = set(component)
+    edges = [f"{a} -> {b} (line {line})" for a in component for b, line in sorted(graph[a].items()) if b in members]
+    return "cycle: " + "; ".join(edges)
+
+
+def test_no_import_cycles() -> None:
+    """No module of registry/ or dns/ imports, directly or through others, one that imports it."""
+    graph = module_graph()
+    assert len(graph) > 50, "the walker found too few modules to be reading the tree"
+    cycles = import_cycles(graph)
+    assert not cycles, "import cycles:\n  " + "\n  ".join(describe_cycle(graph, c) for c in cycles)
+
+
 # The checker itself: it must be able to fail.
 
 SNIPPET = """
@@ -251,6 +322,33 @@ def test_walker_resolves_relative_nested_and_aliased_imports() -> None:
     ]
     with pytest.raises(ValueError, match="beyond top level"):
         imports_in("from ... import x", "registry.raft", is_package=True)
+
+
+def test_cycle_finder_sees_cycles_hidden_in_functions_and_type_checking(tmp_path: Path) -> None:
+    """A cycle closed by an import inside a function, or under TYPE_CHECKING, is still a cycle;
+    imports of a package's own submodules by its __init__ are not."""
+    planted = {
+        "registry/__init__.py": "",
+        "registry/node/__init__.py": "from .loop import Node\nfrom .ops import handle\n",
+        "registry/node/loop.py": "from . import ops\n",
+        "registry/node/ops.py": "def handle():\n    from .loop import Node\n",
+        "registry/cli/__init__.py": "",
+        "registry/cli/main.py": "from .snap import cmd\n",
+        "registry/cli/snap.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from registry.cli import main\n",
+        "registry/raft/__init__.py": "from .core import Raft\n",
+        "registry/raft/core.py": "from .types import Entry\n",
+        "registry/raft/types.py": "import dataclasses\n",
+        "dns/records.py": "from registry.raft import Entry\n",
+    }
+    for rel, text in planted.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text, encoding="utf-8")
+    graph = module_graph(tmp_path)
+    assert graph["registry_dns.records"] == {"registry.raft": 1}
+    assert import_cycles(graph) == [["registry.cli.main", "registry.cli.snap"],
+                                    ["registry.node.loop", "registry.node.ops"]]
+    assert describe_cycle(graph, ["registry.node.loop", "registry.node.ops"]) == (
+        "cycle: registry.node.loop -> registry.node.ops (line 1); registry.node.ops -> registry.node.loop (line 2)")
 
 
 def test_walker_flags_module_level_random() -> None:
