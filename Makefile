@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Re-install only when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up test soak clean bench bench-quick
+.PHONY: venv up test test-stress soak clean bench bench-quick
 
 venv: $(STAMP)
 
@@ -55,6 +55,12 @@ up: venv
 
 test: venv test-deps
 	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
+
+# tests/integration and tests/faults STRESS_RUNS times while a busy loop occupies one core
+# (tests/stress.py); each run's output in .stress/run-N.log, a summary at the end.
+STRESS_RUNS ?= 3
+test-stress: venv test-deps
+	$(BIN)/python -m tests.stress --runs $(STRESS_RUNS) -- $(PYTEST_ARGS)
 
 # Random fault schedules on test hosts (network namespaces; needs root) for SOAK_MINUTES minutes,
 # each run SOAK_RUN_SECONDS of faults; the report (runs, operations, faults, anomalies) is printed at the end.
