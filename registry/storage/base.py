@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from registry.raft import Entry, HardState, Index, InitialState, Membership, Snapshot, SnapshotMeta
 
@@ -57,6 +57,27 @@ class StorageStats:
     deferred_hard_state: bool  # a commit-only hard state is waiting for the next durable save
     snapshot_index: Index = Index(0)  # of the current durable snapshot; 0: none
     snapshot_bytes: int = 0  # its data's size
+
+
+class StoreIdentity:
+    """What both stores say of themselves the same way: whose data they hold (the node's name
+    and cluster, fixed when the data directory was created) and their newest snapshot's index."""
+
+    _node_name: str
+    _cluster_id: str
+    _snapshot: Any  # the current durable snapshot (a Snapshot, or the LMDB store's record), or None
+
+    @property
+    def node_name(self) -> str:
+        return self._node_name
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
+
+    @property
+    def snapshot_index(self) -> Index:
+        return self._snapshot.meta.index if self._snapshot is not None else Index(0)
 
 
 class Storage(Protocol):

@@ -49,6 +49,7 @@ import lmdb
 from registry.raft import Entry, HardState, Index, InitialState, Membership, Snapshot, SnapshotMeta, Term
 
 from .base import (
+    StoreIdentity,
     CorruptStorage,
     DataDirLocked,
     IdentityMismatch,
@@ -71,7 +72,7 @@ from .codec import (
     index_key,
     key_index,
 )
-from .snapfile import SnapshotFileError, read_snapshot_file, read_snapshot_header, write_snapshot_file
+from .snapfile import SnapshotFileError, fsync_dir, read_snapshot_file, read_snapshot_header, write_snapshot_file
 
 LOCK_FILE = "LOCK"
 ENV_DIR = "raft"
@@ -103,7 +104,7 @@ WARN_FRACTIONS = (0.8, 0.9)
 _CORRUPTION_ERRORS = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError, lmdb.BadChecksumError)
 
 
-class LmdbStorage:
+class LmdbStorage(StoreIdentity):
     """The Storage protocol over LMDB. One object per process per data directory; one thread.
 
     Durability: the environment is opened with LMDB's own durable commit (`sync=True`,
@@ -205,8 +206,8 @@ class LmdbStorage:
         self._map_size = info["map_size"]  # LMDB rounds up to pages, or to the file's size
         created = self._load_or_create_identity()
         if created:
-            _fsync_dir(env_dir)  # make the new files' directory entries durable too
-            _fsync_dir(self.path)
+            fsync_dir(env_dir)  # make the new files' directory entries durable too
+            fsync_dir(self.path)
         self._load_positions()
 
     def _load_or_create_identity(self) -> bool:
@@ -287,7 +288,7 @@ class LmdbStorage:
                 entry.unlink(missing_ok=True)
                 removed.append(name)
         if removed:
-            _fsync_dir(self._snap_dir)
+            fsync_dir(self._snap_dir)
             self._logger.info("removed %d snapshot files no record names: %s", len(removed), ", ".join(sorted(removed)))
 
     def _live_bytes(self) -> int:
@@ -327,7 +328,7 @@ class LmdbStorage:
         env.close()
         self._env = None
         os.replace(copied, env_dir / "data.mdb")
-        _fsync_dir(env_dir)
+        fsync_dir(env_dir)
         tmp_dir.rmdir()
         self._open_env(map_size_bytes)
         after = self.used_bytes()
@@ -336,18 +337,6 @@ class LmdbStorage:
                           live, time.monotonic() - started)
 
     # -- the protocol -----------------------------------------------------------------------------
-
-    @property
-    def node_name(self) -> str:
-        return self._node_name
-
-    @property
-    def cluster_id(self) -> str:
-        return self._cluster_id
-
-    @property
-    def snapshot_index(self) -> Index:
-        return self._snapshot.meta.index if self._snapshot is not None else Index(0)
 
     def initial_state(self, membership: Membership) -> InitialState:
         """Read back the snapshot (its file checked whole), the hard state and the log after the
@@ -556,7 +545,8 @@ class LmdbStorage:
         self._pending_start = (Index(end), term)
 
     def _transact(self, work: Callable[[lmdb.Transaction], None]) -> None:
-        """Run `work` in one durable write transaction, with the same failure handling as _write."""
+        """Run `work` in one durable write transaction (committed on return, aborted if it raises);
+        a full map is StorageFull, any other LMDB error a StorageError that stops the node."""
         env = self._require_env()
         self._pending_start = None
         try:
@@ -565,7 +555,7 @@ class LmdbStorage:
         except lmdb.MapFullError:
             raise StorageFull(
                 f"the Raft log in {self.path} is full: it uses {self.used_bytes()} of {self._map_size} "
-                "bytes; restart with a larger --max-db-bytes") from None
+                "bytes; restart with a larger --max-db-bytes or compact") from None
         except lmdb.Error as e:
             self._failed = str(e)
             raise StorageError(f"writing the Raft log in {self.path} failed: {e}; the node must stop; "
@@ -585,29 +575,19 @@ class LmdbStorage:
     # -- writing entries --------------------------------------------------------------------------
 
     def _write(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
-        env = self._require_env()
-        try:
-            with env.begin(write=True) as txn:  # commits on leaving the block, aborts on an exception
-                if entries:
-                    cursor = txn.cursor(db=self._log_db)
-                    if entries[0].index <= self._last_index and cursor.set_range(index_key(entries[0].index)):
-                        while cursor.delete():  # deletes and moves to the next: the whole suffix
-                            pass
-                    _, added = cursor.putmulti([(index_key(e.index), encode_entry(e)) for e in entries], append=True)
-                    # NB: putmulti skips a key that is not past the last one without raising.
-                    assert added == len(entries), f"only {added} of {len(entries)} entries were appended"
-                if hard_state is not None:
-                    txn.put(HARD_STATE_KEY, encode_hard_state(hard_state), db=self._meta_db)
-        except lmdb.MapFullError:
-            raise StorageFull(
-                f"the Raft log in {self.path} is full: it uses {self.used_bytes()} of {self._map_size} "
-                "bytes; restart with a larger --max-db-bytes or compact") from None
-        except lmdb.Error as e:
-            self._failed = str(e)
-            raise StorageError(f"writing the Raft log in {self.path} failed: {e}; the node must stop; "
-                               "check the disk and restart it") from e
-        self._saves += 1
-        self._syncs += 1
+        def work(txn: lmdb.Transaction) -> None:
+            if entries:
+                cursor = txn.cursor(db=self._log_db)
+                if entries[0].index <= self._last_index and cursor.set_range(index_key(entries[0].index)):
+                    while cursor.delete():  # deletes and moves to the next: the whole suffix
+                        pass
+                _, added = cursor.putmulti([(index_key(e.index), encode_entry(e)) for e in entries], append=True)
+                # NB: putmulti skips a key that is not past the last one without raising.
+                assert added == len(entries), f"only {added} of {len(entries)} entries were appended"
+            if hard_state is not None:
+                txn.put(HARD_STATE_KEY, encode_hard_state(hard_state), db=self._meta_db)
+
+        self._transact(work)
         if entries:
             self._last_index = entries[-1].index
         if hard_state is not None:
@@ -727,10 +707,3 @@ def _lock_data_dir(path: Path) -> int:
         raise
     return fd
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

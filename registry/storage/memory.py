@@ -12,11 +12,11 @@ from pathlib import Path
 
 from registry.raft import Entry, HardState, Index, InitialState, Membership, Snapshot, SnapshotMeta, Term
 
-from .base import StorageError, StorageFull, StorageStats, check_batch
+from .base import StorageError, StorageFull, StorageStats, StoreIdentity, check_batch
 from .codec import ENTRY_HEADER_BYTES
 
 
-class MemoryStorage:
+class MemoryStorage(StoreIdentity):
     """Durable state plus unsynced writes. `max_bytes` makes save() raise StorageFull past it."""
 
     def __init__(self, *, node_name: str = "memory", cluster_id: str = "memory", max_bytes: int | None = None) -> None:
@@ -41,18 +41,6 @@ class MemoryStorage:
         self._used_bytes = 0
         self._saves = 0
         self._syncs = 0
-
-    @property
-    def node_name(self) -> str:
-        return self._node_name
-
-    @property
-    def cluster_id(self) -> str:
-        return self._cluster_id
-
-    @property
-    def snapshot_index(self) -> Index:
-        return self._snapshot.meta.index if self._snapshot is not None else Index(0)
 
     def initial_state(self, membership: Membership) -> InitialState:
         self._require_open()
