@@ -519,7 +519,8 @@ class Node:
             for identity, request_id in write.waiters:
                 if isinstance(result, Registered):
                     self.client.reply(identity, request_id, {"instance_id": result.instance_id,
-                                                             "created": result.created, "index": applied.index})
+                                                             "created": result.created, "index": applied.index,
+                                                             "previous": None if result.previous is None else _instance_json(result.previous)})
                 elif isinstance(result, Deregistered):
                     self.client.reply(identity, request_id, {"removed": list(result.removed), "index": applied.index})
                 elif isinstance(result, Restored):
