@@ -32,9 +32,14 @@ def node_id_for(name: str) -> NodeId:
     return NodeId((int.from_bytes(digest, "big") >> 1) or 1)
 
 
-def parse_hostport(
-    text: str, *, what: str = "address", examples: tuple[str, str] = ("127.0.0.1:7001", "[::1]:7001")
-) -> tuple[str, int]:
+# Examples that parse_hostport's errors show, by what the address is for (IPv4, IPv6): a node's
+# Raft address, a node's client address (as `registry up` serves them), an instance's address.
+RAFT_EXAMPLES = ("127.0.0.1:7001", "[::1]:7001")
+SERVER_EXAMPLES = ("127.0.0.1:7101", "[::1]:7101")
+INSTANCE_EXAMPLES = ("10.0.0.5:8080", "[2001:db8::5]:8080")
+
+
+def parse_hostport(text: str, *, what: str = "address", examples: tuple[str, str] = RAFT_EXAMPLES) -> tuple[str, int]:
     """Parse HOST:PORT or [IPv6]:PORT. Raises AddressError saying what is accepted, with
     ``examples`` (an IPv4 and an IPv6 one) of what the caller expects there."""
     host, sep, port_text = text.rpartition(":")

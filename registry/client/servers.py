@@ -6,15 +6,13 @@ import os
 import socket
 from collections.abc import Sequence
 
-from registry.naming import AddressError, format_hostport, parse_hostport
+from registry.naming import SERVER_EXAMPLES, AddressError, format_hostport, parse_hostport
 
 from .errors import ValidationFailed
 
 SERVERS_ENV = "REGISTRY_SERVERS"
 # The client addresses of `registry up` (node i: client 127.0.0.1:710i).
 DEFAULT_SERVERS = ("127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103")
-# How a server address is written in messages: a client port of `registry up`, not a Raft port.
-SERVER_EXAMPLES = ("127.0.0.1:7101", "[::1]:7101")
 
 
 def resolve_servers(servers: Sequence[str] | str | None = None) -> tuple[str, ...]:

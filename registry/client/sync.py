@@ -17,7 +17,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from registry.catalogue import validation
-from registry.naming import AddressError, parse_hostport, zmq_endpoint
+from registry.naming import INSTANCE_EXAMPLES, AddressError, parse_hostport, zmq_endpoint
 
 from .arguments import check_meta, check_tags, checked, looks_like_hostport
 from .errors import RegistryError, Unavailable, ValidationFailed
@@ -39,8 +39,6 @@ from .results import Deregistration, InstanceInfo, NodeStatus, Registration, Res
 from .retry import ATTEMPT_TIMEOUT_S, Ask, Failure, GiveUp, RetryPolicy
 from .servers import resolve_servers, resolves
 
-# How an instance address is written in messages (`registry register web 10.0.0.5:8080`).
-INSTANCE_EXAMPLES = ("10.0.0.5:8080", "[2001:db8::5]:8080")
 _DOING = {"register": "register", "deregister": "deregister", "services": "list services",
           "status": "get a status", "snapshot_save": "save a snapshot",
           "snapshot_restore": "restore a snapshot"}
