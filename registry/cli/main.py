@@ -309,12 +309,9 @@ def register(
 ) -> None:
     """Register an instance of SERVICE, or replace it; returns once the cluster committed it.
 
-    A registration is the instance's whole definition: registering an existing id (the same
-    SERVICE and HOST:PORT, or the same --id) REPLACES its address, port, tags and meta, so tags
-    and meta not given again are removed (as Consul's agent register or etcd's put).
+    A registration is the instance's whole definition: registering an existing id (the same SERVICE and HOST:PORT, or the same --id) REPLACES its address, port, tags and meta, so tags and meta not given again are removed (as Consul's agent register or etcd's put).
 
-    Prints the instance id, the commit index and, for a replaced instance, what changed
-    (e.g. "tags primary -> (none)").
+    Prints the instance id, the commit index and, for a replaced instance, what changed (e.g. "tags primary -> (none)").
 
     Exit status: 0 committed, 1 the cluster could not do it, 2 bad arguments.
 
