@@ -32,11 +32,19 @@ def node_id_for(name: str) -> NodeId:
     return NodeId((int.from_bytes(digest, "big") >> 1) or 1)
 
 
-def parse_hostport(text: str, *, what: str = "address") -> tuple[str, int]:
-    """Parse HOST:PORT or [IPv6]:PORT. Raises AddressError saying what is accepted."""
+# Examples that parse_hostport's errors show, by what the address is for (IPv4, IPv6): a node's
+# Raft address, a node's client address (as `registry up` serves them), an instance's address.
+RAFT_EXAMPLES = ("127.0.0.1:7001", "[::1]:7001")
+SERVER_EXAMPLES = ("127.0.0.1:7101", "[::1]:7101")
+INSTANCE_EXAMPLES = ("10.0.0.5:8080", "[2001:db8::5]:8080")
+
+
+def parse_hostport(text: str, *, what: str = "address", examples: tuple[str, str] = RAFT_EXAMPLES) -> tuple[str, int]:
+    """Parse HOST:PORT or [IPv6]:PORT. Raises AddressError saying what is accepted, with
+    ``examples`` (an IPv4 and an IPv6 one) of what the caller expects there."""
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
-        raise AddressError(f"invalid {what} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7001 or [::1]:7001")
+        raise AddressError(f"invalid {what} {text!r}: expected HOST:PORT, e.g. {examples[0]} or {examples[1]}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
@@ -44,7 +52,7 @@ def parse_hostport(text: str, *, what: str = "address") -> tuple[str, int]:
         except ValueError:
             raise AddressError(f"invalid {what} {text!r}: {host!r} in brackets is not an IPv6 address") from None
     elif ":" in host:
-        raise AddressError(f"invalid {what} {text!r}: write IPv6 addresses in brackets, e.g. [::1]:7001")
+        raise AddressError(f"invalid {what} {text!r}: write IPv6 addresses in brackets, e.g. {examples[1]}")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise AddressError(f"invalid {what} {text!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)

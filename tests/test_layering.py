@@ -166,10 +166,16 @@ RULES = [
     ),
     Rule(
         "client-knows-only-the-protocol",
-        ("registry/client.py",),
+        ("registry/client",),
         lambda _, name: _top(name) == "registry" and not any(
             within(name, ok) for ok in ("registry.client", "registry.naming", "registry.catalogue.validation")),
         "the client speaks the documented protocol; it shares only naming and validation rules",
+    ),
+    Rule(
+        "client-retry-policy-and-protocol-pure",
+        ("registry/client/retry.py", "registry/client/protocol.py"),
+        lambda _, name: _top(name) in RAFT_FORBIDDEN,
+        "the client's retry policy and wire format are pure: no clock, sockets or threads (they are given now)",
     ),
     Rule(
         "node-never-imports-sim",
@@ -373,7 +379,8 @@ def test_rules_fail_on_a_bad_tree(tmp_path: Path) -> None:
         "registry/node/loop.py": "from ..cli import main\nfrom registry import sim\n",
         "registry/catalogue/state.py": "import msgpack\nimport os\nimport zmq\n",
         "registry/storage/lmdb_store.py": "from registry.raft import Entry\nfrom registry.transport import codec\n",
-        "registry/client.py": "from registry.catalogue.validation import x\nfrom registry.node import Node\n",
+        "registry/client/sync.py": "from registry.catalogue.validation import x\nfrom registry.node import Node\n",
+        "registry/client/retry.py": "import time\n",
     }
     for rel, text in planted.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -396,6 +403,7 @@ def test_rules_fail_on_a_bad_tree(tmp_path: Path) -> None:
         "catalogue-pure": ["registry/catalogue/state.py:2 imports os", "registry/catalogue/state.py:3 imports zmq"],
         "storage-transport-know-only-the-core": [
             "registry/storage/lmdb_store.py:2 imports registry.transport.codec"],
-        "client-knows-only-the-protocol": ["registry/client.py:2 imports registry.node.Node"],
+        "client-knows-only-the-protocol": ["registry/client/sync.py:2 imports registry.node.Node"],
+        "client-retry-policy-and-protocol-pure": ["registry/client/retry.py:1 imports time"],
     }
     assert random_violations(tmp_path) == ["registry/raft/timer.py:2 uses random.random"]

@@ -52,8 +52,17 @@ class SnapshotError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Registered:
+    """A register applied. A registration is the instance's whole definition: it replaces the
+    address, port, tags and meta of the instance with the same id (as Consul's agent register or
+    etcd's put), and ``previous`` is the definition it replaced (None when ``created``).
+
+    NB: a client's session remembers the result without ``previous``, so that a retried write
+    gets the same answer from every node, including one restored from a snapshot (which does not
+    hold it): the change is told once, to the write that made it."""
+
     instance_id: str
     created: bool  # False: an instance with this id existed and was replaced
+    previous: Instance | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +198,7 @@ class Catalogue:
             result, services = self._restore(command)
         else:
             result, services = self._deregister(command)
-        self._remember(client_id, _Session(seq, result, index, index))
+        self._remember(client_id, _Session(seq, _remembered(result), index, index))
         self._publish(index, services)
         return Applied(client_id, seq, result, index)
 
@@ -238,10 +247,11 @@ class Catalogue:
         instances = services.get(command.service, ())
         i = bisect_left(instances, new.id, key=_by_id)
         if i < len(instances) and instances[i].id == new.id:
+            replaced = Registered(new.id, created=False, previous=instances[i])
             if instances[i] == new:
-                return Registered(new.id, created=False), None
+                return replaced, None
             updated = instances[:i] + (new,) + instances[i + 1 :]
-            return Registered(new.id, created=False), services.with_instances(command.service, updated)
+            return replaced, services.with_instances(command.service, updated)
         updated = instances[:i] + (new,) + instances[i:]
         return Registered(new.id, created=True), services.with_instances(command.service, updated)
 
@@ -329,6 +339,13 @@ class Catalogue:
             for client_id, s in self._sessions.items()
         ]
         return msgpack.packb([view.applied_index, view.version, services, sessions], use_bin_type=True)
+
+
+def _remembered(result: Result) -> Result:
+    """What a session keeps of a result: all of it but a registration's ``previous``."""
+    if isinstance(result, Registered) and result.previous is not None:
+        return Registered(result.instance_id, result.created)
+    return result
 
 
 def _encode_result(result: Result) -> list[Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +98,29 @@ def _port_busy(port: int, kind: int) -> bool:
     return False
 
 
+def _path_hint() -> list[str]:
+    """What another terminal needs to find this `registry`: the virtualenv's activation line when
+    it runs from one (a new terminal has not activated it), else a PATH line, unless it is on PATH
+    already."""
+    script_dir = Path(sys.executable).parent  # NB: not resolved: a venv's python is a symlink
+    activate = script_dir / "activate"
+    if sys.prefix != sys.base_prefix and activate.is_file():
+        return [f". {_shown(activate)}   # puts registry on PATH"]
+    found = shutil.which("registry")
+    if found is not None and Path(found).parent.resolve() == script_dir.resolve():
+        return []
+    return [f"export PATH={_shown(script_dir)}:$PATH   # puts registry on PATH"]
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when under it (``.venv/bin/activate``), for a shell."""
+    try:
+        path = path.absolute().relative_to(Path.cwd())
+    except ValueError:
+        path = path.absolute()
+    return shlex.quote(str(path))
+
+
 def up(
     nodes: Annotated[int, typer.Option(min=1, max=9, help="How many nodes (1-9).")] = 3,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Parent of the nodes' data directories.")] = Path(".registry"),
@@ -155,6 +180,8 @@ def up(
         ends = endpoints[name]
         typer.echo(f"{name:<6}{ends['raft']:<18}{ends['client']:<18}{ends['dns']:<18}")
     typer.echo("\nTry, in another terminal:")
+    for line in _path_hint():
+        typer.echo(f"  {line}")
     typer.echo("  registry register web 10.0.0.5:8080 --tag primary")
     typer.echo("  registry services web")
     typer.echo("  registry status")

@@ -9,18 +9,19 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 import registry
 from registry.cli import cluster_cmds, config_cmds, snapshot_cmds
-from registry.cli.options import JsonOption, ServersOption, TimeoutOption
-from registry.naming import AddressError, parse_hostport
+from registry.cli.options import JsonOption, ServersOption, TimeoutOption, open_client
+from registry.cli.output import echo_json, echo_table, fail, reason, registered_changes, registered_line
+from registry.naming import INSTANCE_EXAMPLES, AddressError, parse_hostport
 
 if TYPE_CHECKING:
-    from registry.client import Client, NodeStatus, RegistryError
+    from registry.client import NodeStatus
     from registry.sim import SimResult
 
 app = typer.Typer(
@@ -253,40 +254,6 @@ def _echo_summary(results: list[SimResult], elapsed_s: float) -> None:
 # reason on stderr), 2 a usage or validation error (nothing was sent).
 
 
-# Client-side validation names an argument; this is how the user wrote it.
-_PARAM_HINTS = {
-    "service": "SERVICE",
-    "address": "HOST:PORT",
-    "port": "HOST:PORT",
-    "instance_id": "'--id'",
-    "tags": "'--tag'",
-    "meta": "'--meta'",
-    "servers": "REGISTRY_SERVERS",
-}
-
-
-def _client(servers: Sequence[str] | None, timeout_s: float) -> Client:
-    from registry.client import Client, ValidationFailed  # NB: lazy: zmq is slow to import.
-
-    try:
-        return Client(servers or None, timeout_s=timeout_s)
-    except ValidationFailed as e:  # --server was checked while parsing: this is the environment
-        raise typer.BadParameter(str(e), param_hint="REGISTRY_SERVERS") from None
-
-
-def _fail(error: RegistryError, hint: str | None = None) -> NoReturn:
-    """Exit 2 for a validation error (a BadParameter when we know the argument), else 1."""
-    from registry.client import ValidationFailed
-
-    if isinstance(error, ValidationFailed):
-        if error.code is None:  # found before sending: name the argument
-            raise typer.BadParameter(str(error), param_hint=hint or _PARAM_HINTS.get(error.field or ""))
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(2)
-    typer.echo(f"Error: {error}", err=True)
-    raise typer.Exit(1)
-
-
 def _parse_meta(values: list[str] | None) -> list[str] | None:
     seen: set[str] = set()
     for text in values or ():
@@ -304,29 +271,10 @@ def _parse_meta(values: list[str] | None) -> list[str] | None:
 
 def _parse_hostport_argument(text: str) -> str:
     try:
-        parse_hostport(text)
+        parse_hostport(text, examples=INSTANCE_EXAMPLES)
     except AddressError as e:
         raise typer.BadParameter(str(e), param_hint="HOST:PORT") from None
     return text
-
-
-def _echo_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True))
-
-
-def _echo_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Left-aligned columns. A short row (an error) leaves its last cell unpadded."""
-    widths = [
-        max(len(row[c]) for row in (header, *rows) if len(row) == len(header))
-        for c in range(len(header))
-    ]
-    for row in (header, *rows):
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
-def _reason(error: RegistryError) -> str:
-    """Why one server failed, without repeating the server's address."""
-    return getattr(error, "last_error", None) or error.message
 
 
 @app.command()
@@ -359,9 +307,11 @@ def register(
     timeout_s: TimeoutOption = 5.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Register (or update) an instance of SERVICE; returns once the cluster committed it.
+    """Register an instance of SERVICE, or replace it; returns once the cluster committed it.
 
-    Prints the instance id and the commit index.
+    A registration is the instance's whole definition: registering an existing id (the same SERVICE and HOST:PORT, or the same --id) REPLACES its address, port, tags and meta, so tags and meta not given again are removed (as Consul's agent register or etcd's put).
+
+    Prints the instance id, the commit index and, for a replaced instance, what changed (e.g. "tags primary -> (none)").
 
     Exit status: 0 committed, 1 the cluster could not do it, 2 bad arguments.
 
@@ -371,17 +321,18 @@ def register(
 
     host, port = parse_hostport(hostport)
     meta_map = dict(item.partition("=")[::2] for item in meta or ())
-    with _client(servers, timeout_s) as client:
+    with open_client(servers, timeout_s) as client:
         try:
             got = client.register(service, host, port, id=instance_id, tags=tags or (), meta=meta_map)
         except RegistryError as e:
-            _fail(e)
+            fail(e)
     service = service.lower()  # NB: names are case-insensitive; the catalogue keeps lowercase
     if as_json:
-        _echo_json({"service": service, **dataclasses.asdict(got)})
+        previous = None if got.previous is None else dataclasses.asdict(got.previous)
+        echo_json({"service": service, "instance_id": got.instance_id, "created": got.created, "index": got.index,
+                   "previous": previous, "changes": registered_changes(got)})
     else:
-        verb = "registered" if got.created else "updated"
-        typer.echo(f"{verb} {service} instance {got.instance_id}, committed at index {got.index}")
+        typer.echo(registered_line(service, got))
 
 
 class _DeregisterBy(str, enum.Enum):
@@ -416,14 +367,14 @@ def deregister(
     """
     from registry.client import RegistryError
 
-    with _client(servers, timeout_s) as client:
+    with open_client(servers, timeout_s) as client:
         try:
             got = client.deregister(service, target, by=by.value)
         except RegistryError as e:
-            _fail(e, hint="ID|HOST:PORT" if getattr(e, "field", None) != "service" else None)
+            fail(e, hint="ID|HOST:PORT" if getattr(e, "field", None) != "service" else None)
     service = service.lower()
     if as_json:
-        _echo_json({"service": service, "removed": list(got.removed), "index": got.index})
+        echo_json({"service": service, "removed": list(got.removed), "index": got.index})
     else:
         typer.echo(f"deregistered {service} instance{'s' if len(got.removed) != 1 else ''} "
                    f"{', '.join(got.removed)}, committed at index {got.index}")
@@ -449,13 +400,13 @@ def services(
     """
     from registry.client import RegistryError
 
-    with _client(servers, timeout_s) as client:
+    with open_client(servers, timeout_s) as client:
         try:
             got = client.services(service, stale=stale)
         except RegistryError as e:
-            _fail(e)
+            fail(e)
     if as_json:
-        _echo_json({
+        echo_json({
             "index": got.index,
             "services": {
                 name: [dataclasses.asdict(i) for i in instances]
@@ -472,7 +423,7 @@ def services(
     if not rows:
         typer.echo(f"no instances of {service}" if service else "no services registered")
         return
-    _echo_table(("SERVICE", "ID", "ADDRESS", "PORT", "TAGS", "META"), rows)
+    echo_table(("SERVICE", "ID", "ADDRESS", "PORT", "TAGS", "META"), rows)
 
 
 def _dns_state(status: NodeStatus) -> str:
@@ -513,15 +464,15 @@ def status(
     """
     from registry.client import NodeStatus
 
-    with _client(servers, timeout_s) as client:
+    with open_client(servers, timeout_s) as client:
         results = client.status_all()
     answered = [r for r in results if isinstance(r, NodeStatus)]
     leaders = [r for r in answered if r.role == "leader"]
     leader = max(leaders, key=lambda r: r.term) if leaders else None
     if as_json:
-        _echo_json([
+        echo_json([
             dataclasses.asdict(r) if isinstance(r, NodeStatus)
-            else {"server": server, "error": {"code": r.code, "message": _reason(r)}}
+            else {"server": server, "error": {"code": r.code, "message": reason(r)}}
             for server, r in zip(client.servers, results, strict=True)
         ])  # fmt: skip
     else:
@@ -530,10 +481,10 @@ def status(
             (r.server, r.node, r.role, str(r.term), r.leader or "-", str(r.commit), str(r.applied),
              _last_contact(r, leader), _dns_state(r))
             if isinstance(r, NodeStatus)
-            else (server, f"error: {_reason(r)}")
+            else (server, f"error: {reason(r)}")
             for server, r in zip(client.servers, results, strict=True)
         ]  # fmt: skip
-        _echo_table(header, rows)
+        echo_table(header, rows)
     if not answered:
         typer.echo(f"Error: no server answered ({', '.join(client.servers)})", err=True)
         raise typer.Exit(1)

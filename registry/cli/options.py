@@ -1,18 +1,29 @@
-"""Options shared by the client commands (registry.cli.main and registry.cli.snapshot_cmds)."""
+"""Options shared by the client commands (registry.cli.main and registry.cli.snapshot_cmds), and
+the client they open.
+
+Server addresses are checked while parsing (HOST:PORT), and their host names are looked up before
+anything is sent: a name that does not resolve is a usage error (exit 2, "cannot resolve host"),
+whether it came from --server or from $REGISTRY_SERVERS. NB: the client is imported inside
+``open_client``, only because ZeroMQ is slow to import (``registry --help`` stays fast).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from registry.naming import AddressError, parse_hostport
+from registry.naming import SERVER_EXAMPLES, AddressError, parse_hostport
+
+if TYPE_CHECKING:
+    from registry.client import Client
 
 
 def _check_servers(values: list[str] | None) -> list[str] | None:
     for text in values or ():
         try:
-            parse_hostport(text, what="server")
+            parse_hostport(text, what="server", examples=SERVER_EXAMPLES)
         except AddressError as e:
             raise typer.BadParameter(str(e), param_hint="'--server'") from None
     return values
@@ -25,7 +36,8 @@ ServersOption = Annotated[
         metavar="HOST:PORT",
         callback=_check_servers,
         help="A node's client address; repeat for several. "
-        "Default: $REGISTRY_SERVERS (comma-separated), else 127.0.0.1:7101,7102,7103.",
+        "Default: $REGISTRY_SERVERS (comma-separated), else 127.0.0.1:7101,7102,7103. "
+        "A host name that does not resolve is an error (exit 2).",
         show_default=False,
     ),
 ]
@@ -34,3 +46,22 @@ TimeoutOption = Annotated[
     typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up after this long."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
+
+
+def open_client(servers: Sequence[str] | None, timeout_s: float) -> Client:
+    """A Client for --server (else the environment, else the defaults); exit 2 if an address is
+    bad or a host name does not resolve."""
+    from registry.client import Client, ValidationFailed, unresolvable
+
+    source = "'--server'" if servers else "REGISTRY_SERVERS"
+    try:
+        client = Client(servers or None, timeout_s=timeout_s)
+    except ValidationFailed as e:  # --server was checked while parsing: this is the environment
+        raise typer.BadParameter(str(e), param_hint=source) from None
+    unknown = unresolvable(client.servers)
+    if unknown:
+        client.close()
+        names = ", ".join(repr(host) for host in unknown)
+        raise typer.BadParameter(f"cannot resolve host {names}: check the name, or give an IP address",
+                                 param_hint=source)
+    return client

@@ -14,9 +14,8 @@ Exit status: 0 done; 1 the cluster could not do it (or the operator declined the
 snapshot, or ``restore`` without ``--yes`` when stdin is not a terminal. Nothing is sent to
 the cluster before the file and the arguments are checked.
 
-NB: the helpers shared with the other client commands live in registry.cli.main, which imports
-this module to register it; they are imported inside the commands, so importing either module
-first works.
+NB: the client, the snapshot file code and the catalogue are imported inside the commands, only
+so that ``registry --help`` stays fast (ZeroMQ and LMDB are slow to import).
 """
 
 from __future__ import annotations
@@ -24,11 +23,12 @@ from __future__ import annotations
 import datetime
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from registry.cli.options import JsonOption, ServersOption, TimeoutOption
+from registry.cli.options import JsonOption, ServersOption, TimeoutOption, open_client
+from registry.cli.output import echo_json, echo_table, fail, invalid
 
 if TYPE_CHECKING:
     from registry.catalogue import Catalogue
@@ -45,11 +45,6 @@ snapshot_app = typer.Typer(
 DEFAULT_TIMEOUT_S = 60.0  # a snapshot can be tens of MB, and a restore is applied on every node
 
 
-def _invalid(message: str) -> NoReturn:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 def _load(path: Path) -> tuple[SnapshotHeader, bytes, Catalogue]:
     """The file's header, catalogue bytes and the catalogue they hold; exit 2 if any is bad."""
     from registry.catalogue import Catalogue, SnapshotError
@@ -59,15 +54,15 @@ def _load(path: Path) -> tuple[SnapshotHeader, bytes, Catalogue]:
         header = read_snapshot_header(path)
         snapshot = read_snapshot_file(path)
     except SnapshotFileError as e:
-        _invalid(str(e))
+        invalid(str(e))
     except OSError as e:
-        _invalid(f"cannot read {path}: {e.strerror or e}")
+        invalid(f"cannot read {path}: {e.strerror or e}")
     try:
         catalogue = Catalogue.from_bytes(snapshot.data)
     except SnapshotError as e:
-        _invalid(f"{path}: the catalogue inside is not valid: {e}")
+        invalid(f"{path}: the catalogue inside is not valid: {e}")
     if catalogue.applied_index != header.meta.index:
-        _invalid(f"{path}: the header says index {header.meta.index} but the catalogue inside is at "
+        invalid(f"{path}: the header says index {header.meta.index} but the catalogue inside is at "
                  f"index {catalogue.applied_index}: the file is not consistent")
     return header, bytes(snapshot.data), catalogue
 
@@ -115,18 +110,17 @@ def save(
     Exit status: 0 saved, 1 the cluster could not do it (or FILE could not be written), 2 bad
     arguments.
     """
-    from registry.cli.main import _client, _echo_json, _fail
     from registry.client import RegistryError
 
     if file.is_dir():
         raise typer.BadParameter(f"{file} is a directory; give a file name", param_hint="FILE")
     if not file.parent.is_dir():
         raise typer.BadParameter(f"directory {file.parent} does not exist", param_hint="FILE")
-    with _client(servers, timeout_s) as client:
+    with open_client(servers, timeout_s) as client:
         try:
             got = client.snapshot_save()
         except RegistryError as e:
-            _fail(e)
+            fail(e)
 
     from registry.raft import Index, Membership, NodeId, Snapshot, SnapshotMeta, Term
     from registry.storage.snapfile import write_snapshot_file
@@ -139,7 +133,7 @@ def save(
         typer.echo(f"Error: cannot write {file}: {e.strerror or e}", err=True)
         raise typer.Exit(1) from None
     if as_json:
-        _echo_json({"file": str(file), "index": got.index, "term": got.term, "size": size,
+        echo_json({"file": str(file), "index": got.index, "term": got.term, "size": size,
                     "services": got.services, "instances": got.instances, "sessions": got.sessions,
                     "voters": list(got.voters), "learners": list(got.learners), "digest": got.digest,
                     "kind": "save"})
@@ -157,7 +151,6 @@ def inspect(file: FileArgument, as_json: JsonOption = False) -> None:
 
     Exit status: 0 the file is valid, 2 it is missing, damaged or not a snapshot.
     """
-    from registry.cli.main import _echo_json, _echo_table
 
     header, data, catalogue = _load(file)
     services, instances = _counts(catalogue)
@@ -171,7 +164,7 @@ def inspect(file: FileArgument, as_json: JsonOption = False) -> None:
         "digest": catalogue.digest(),
     }  # fmt: skip
     if as_json:
-        _echo_json(info)
+        echo_json(info)
         return
     rows = [
         ("file", str(file)),
@@ -187,7 +180,7 @@ def inspect(file: FileArgument, as_json: JsonOption = False) -> None:
         ("sessions", str(info["sessions"])),
         ("digest", info["digest"]),
     ]
-    _echo_table(("FIELD", "VALUE"), rows)
+    echo_table(("FIELD", "VALUE"), rows)
 
 
 @snapshot_app.command()
@@ -208,20 +201,19 @@ def restore(
     Exit status: 0 restored, 1 the cluster could not do it or the restore was declined, 2 bad
     arguments, a bad FILE, or no --yes without a terminal.
     """
-    from registry.cli.main import _client, _echo_json, _fail
     from registry.client import RegistryError
 
     header, data, catalogue = _load(file)
     services, instances = _counts(catalogue)
     if not yes and not _stdin_is_terminal():
-        _invalid("restore replaces the cluster's whole catalogue and stdin is not a terminal to ask; "
+        invalid("restore replaces the cluster's whole catalogue and stdin is not a terminal to ask; "
                  "pass --yes to confirm")
-    with _client(servers, timeout_s) as client:
+    with open_client(servers, timeout_s) as client:
         if not yes:
             try:
                 current = client.services()
             except RegistryError as e:
-                _fail(e)
+                fail(e)
             now_services = sum(1 for items in current.values() if items)
             now_instances = sum(len(items) for items in current.values())
             typer.echo("This replaces the cluster's catalogue (client sessions are kept):", err=True)
@@ -235,9 +227,9 @@ def restore(
         try:
             got = client.snapshot_restore(data)
         except RegistryError as e:
-            _fail(e, hint="FILE")
+            fail(e, hint="FILE")
     if as_json:
-        _echo_json({"file": str(file), "snapshot_index": header.meta.index, "snapshot_term": header.meta.term,
+        echo_json({"file": str(file), "snapshot_index": header.meta.index, "snapshot_term": header.meta.term,
                     "services": got.services, "instances": got.instances, "index": got.index})
     else:
         typer.echo(f"restored {got.services} services, {got.instances} instances from {file} "

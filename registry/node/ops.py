@@ -85,7 +85,8 @@ def render(applied: Applied) -> Outcome:
     """The reply to the client whose write was applied (docs/client-protocol.md)."""
     result = applied.result
     if isinstance(result, Registered):
-        return {"instance_id": result.instance_id, "created": result.created, "index": applied.index}
+        return {"instance_id": result.instance_id, "created": result.created, "index": applied.index,
+                "previous": None if result.previous is None else _instance_json(result.previous)}
     if isinstance(result, Deregistered):
         return {"removed": list(result.removed), "index": applied.index}
     if isinstance(result, Restored):

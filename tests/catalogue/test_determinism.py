@@ -90,11 +90,11 @@ class Model:
         if isinstance(command, Register):
             assert command.instance_id is not None
             instances = self.services.setdefault(command.service, {})
-            created = command.instance_id not in instances
+            previous = instances.get(command.instance_id)
             instances[command.instance_id] = Instance(
                 command.instance_id, command.service, command.address, command.port, command.tags, command.meta
             )
-            result = Registered(command.instance_id, created)
+            result = Registered(command.instance_id, previous is None, previous)
         else:
             instances = self.services.get(command.service, {})
             removed = sorted(
@@ -106,7 +106,8 @@ class Model:
             if not instances:
                 self.services.pop(command.service, None)
             result = Deregistered(tuple(removed)) if removed else Rejected("not_found", "")
-        self.sessions[request.client_id] = (request.seq, result, index)
+        remembered = Registered(result.instance_id, result.created) if isinstance(result, Registered) else result
+        self.sessions[request.client_id] = (request.seq, remembered, index)
         return result, index
 
 

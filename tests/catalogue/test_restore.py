@@ -74,8 +74,9 @@ def test_restore_keeps_the_current_sessions_so_retries_stay_exactly_once() -> No
     assert retried == Applied("c3", 1, Registered("db-1", created=False), index=6)
     assert catalogue.view.services["db"][0].port == 5432
     # A new write of the same client is applied.
+    previous = catalogue.view.services["db"][0]
     assert write(catalogue, "c3", 2, Register("db", "10.0.0.3", 6543, instance_id="db-1")).result == \
-        Registered("db-1", created=False)
+        Registered("db-1", created=False, previous=previous)
     assert catalogue.view.services["db"][0].port == 6543
 
 

@@ -60,12 +60,31 @@ def test_register_adds_an_instance_and_reports_it_created() -> None:
 
 
 def test_register_is_an_upsert_by_id() -> None:
-    """Registering an existing id replaces that instance and reports created=False."""
+    """Registering an existing id replaces that whole instance (tags and meta not given are
+    removed) and reports created=False with the definition it replaced."""
+    catalogue = Catalogue()
+    write(catalogue, "c1", 1, Register("web", "10.0.0.5", 80, instance_id="a", tags=["old"], meta={"v": "1"}))
+    applied = write(catalogue, "c1", 2, Register("web", "10.0.0.6", 81, instance_id="a"))
+    old = Instance("a", "web", "10.0.0.5", 80, ("old",), (("v", "1"),))
+    assert applied.result == Registered("a", created=False, previous=old)
+    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, (), ()),)
+    # The same definition again changes nothing, and says what it replaced: itself.
+    again = write(catalogue, "c1", 3, Register("web", "10.0.0.6", 81, instance_id="a"))
+    assert again.result == Registered("a", created=False, previous=catalogue.view.instances("web")[0])
+
+
+def test_a_retried_register_answers_without_previous_on_every_node() -> None:
+    """A session remembers a register's result without ``previous`` (a snapshot does not hold
+    it): a retry gets the same answer from a node that applied the write and from one restored
+    from a snapshot taken after it."""
     catalogue = Catalogue()
     write(catalogue, "c1", 1, Register("web", "10.0.0.5", 80, instance_id="a", tags=["old"]))
-    applied = write(catalogue, "c1", 2, Register("web", "10.0.0.6", 81, instance_id="a", tags=["new"]))
-    assert applied.result == Registered("a", created=False)
-    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, ("new",), ()),)
+    first = write(catalogue, "c1", 2, Register("web", "10.0.0.5", 80, instance_id="a"))
+    assert first.result.previous is not None
+    restored = Catalogue.from_bytes(catalogue.to_bytes())
+    retries = [write(c, "c1", 2, Register("web", "10.0.0.5", 80, instance_id="a")) for c in (catalogue, restored)]
+    assert retries[0] == retries[1] == Applied("c1", 2, Registered("a", created=False), index=2)
+    assert catalogue.digest() == restored.digest()
 
 
 def test_instances_are_kept_sorted_by_id() -> None:
@@ -190,7 +209,8 @@ def test_the_least_recently_used_session_is_evicted() -> None:
     assert (catalogue.last_seq("a"), catalogue.last_seq("b"), catalogue.last_seq("c")) == (1, None, 1)
     assert catalogue.session_count() == 2
     # b's session is gone, so its retry is applied again (the documented limit of a bounded table).
-    assert write(catalogue, "b", 1, Register("web", "10.0.0.2", 80)).result == Registered("web-10.0.0.2-80", False)
+    again = write(catalogue, "b", 1, Register("web", "10.0.0.2", 80)).result
+    assert again == Registered("web-10.0.0.2-80", False, previous=Instance("web-10.0.0.2-80", "web", "10.0.0.2", 80))
     assert catalogue.last_seq("a") is None  # and b's new session evicted a
 
 

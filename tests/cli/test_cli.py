@@ -144,3 +144,22 @@ def test_sim_sweep_lists_each_failing_seed(monkeypatch: pytest.MonkeyPatch) -> N
         "registry sim --seed 1 --nodes 3",
         "registry sim --seed 3 --nodes 3",
     ]
+
+
+def test_up_banner_says_how_another_terminal_finds_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a virtualenv, `registry up` shows the activation line of the venv that runs it (a new
+    terminal has not activated it), relative to the current directory when under it."""
+    import shlex
+    from pathlib import Path
+
+    from registry.cli.cluster_cmds import _path_hint
+
+    if sys.prefix == sys.base_prefix:
+        pytest.fail("the tests run from the project's virtualenv (make venv)")
+    venv_bin = Path(sys.executable).parent
+    [line] = _path_hint()
+    shown = shlex.split(line.partition("#")[0])[1]
+    assert line.startswith(". ") and Path(shown).name == "activate"
+    assert Path(shown).resolve() == (venv_bin / "activate").resolve()
+    monkeypatch.chdir(venv_bin.parent.parent)
+    assert _path_hint()[0].startswith(f". {venv_bin.parent.name}/bin/activate")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from registry.cli.main import app
 
-from ..client.fake_server import STATUS, FakeServer, answering, error, ok, silent
+from ..client.fake_server import STATUS, FakeServer, answering, error, ok, silent, unused_address
 
 runner = CliRunner()
 FAST = ["--timeout", "0.5"]
@@ -74,12 +74,72 @@ def test_register_prints_the_instance_id_and_the_commit_index(fake) -> None:
 
 
 def test_register_json_parses(fake) -> None:
-    """`--json` prints one object: service, instance_id, created, index."""
+    """`--json` prints one object: service, instance_id, created, index, previous (null for a
+    new instance) and changes ([] for a new instance)."""
     result = run("register", "web", "[::1]:8080", "--json", servers=[fake()])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
-        "service": "web", "instance_id": "web-1", "created": True, "index": 42,
+        "service": "web", "instance_id": "web-1", "created": True, "index": 42, "previous": None, "changes": [],
     }  # fmt: skip
+
+
+def replacing(previous: dict[str, Any] | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A node whose register replaces an instance, answering with ``previous`` (None: an older
+    node, whose reply has no such field)."""
+
+    def handler(request: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = {"instance_id": "web-1", "created": False, "index": 43}
+        if previous is not None:
+            result["previous"] = previous
+        return ok(result)
+
+    return handler
+
+
+OLD_WEB_1 = {"id": "web-1", "address": "10.0.0.5", "port": 8080, "tags": ["primary"], "meta": {"version": "1.2"}}
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        pytest.param([], "updated web instance web-1, committed at index 43: tags primary -> (none); "
+                     "meta version=1.2 -> (none)", id="flags-left-out-are-removed"),
+        pytest.param(["--tag", "Primary", "--meta", "version=1.2"],
+                     "updated web instance web-1, committed at index 43: nothing changed", id="same-definition"),
+        pytest.param(["--tag", "primary", "--tag", "canary", "--meta", "version=1.3"],
+                     "updated web instance web-1, committed at index 43: tags primary -> canary,primary; "
+                     "meta version=1.2 -> version=1.3", id="tags-and-meta-changed"),
+    ],
+)
+def test_re_registering_prints_what_changed(fake, args: list[str], said: str) -> None:
+    """A registration replaces the whole definition; the command prints what changed, comparing
+    the canonical forms (tags are case-insensitive), with (none) for what was removed."""
+    result = run("register", "web", "10.0.0.5:8080", *args, servers=[fake(replacing(OLD_WEB_1))])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == said
+
+
+def test_re_registering_json_and_an_older_node(fake) -> None:
+    """--json carries the replaced definition and the changes; an older node's reply (no
+    'previous') is still understood, and the command says what it cannot know."""
+    result = run("register", "web", "10.0.0.6:8080", "--json", servers=[fake(replacing(OLD_WEB_1))])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got["previous"] == OLD_WEB_1
+    assert got["changes"] == ["address 10.0.0.5 port 8080 -> 10.0.0.6 port 8080", "tags primary -> (none)",
+                              "meta version=1.2 -> (none)"]
+    result = run("register", "web", "10.0.0.5:8080", servers=[fake(replacing(None))])
+    assert result.exit_code == 0, result.output
+    assert "updated web instance web-1, committed at index 43 (what it replaced is not known" in result.stdout
+
+
+def test_register_help_states_the_replace_semantics() -> None:
+    """`registry register --help` says that a registration replaces tags and meta."""
+    result = runner.invoke(app, ["register", "--help"])
+    assert result.exit_code == 0, result.output
+    text = squash(result.output)
+    assert squash("REPLACES its address, port, tags and meta") in text
+    assert squash("tags and meta not given again are removed") in text
 
 
 def test_register_retries_another_server(fake) -> None:
@@ -161,6 +221,45 @@ def test_bad_arguments_exit_2_before_any_traffic(fake, args: list[str], named: s
     error_panel = result.output.partition("for help.")[2]  # after the usage lines
     assert squash(named) in squash(error_panel), result.output
     assert server.received() == []
+
+
+@pytest.mark.parametrize(
+    "args, example",
+    [
+        (["register", "web", "10.0.0.5"], "e.g. 10.0.0.5:8080 or [2001:db8::5]:8080"),
+        (["deregister", "web", "10.0.0.5:99999"], None),
+        (["status", "--server", "nohost"], "e.g. 127.0.0.1:7101 or [::1]:7101"),
+    ],
+)
+def test_address_errors_show_an_example_of_the_address_expected(args: list[str], example: str | None) -> None:
+    """An instance address error shows an instance address, a --server error a client address
+    of `registry up`: never a Raft port (7001)."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    if example is not None:
+        assert squash(example) in squash(result.output), result.output
+    assert "7001" not in result.output
+
+
+def test_a_server_name_that_does_not_resolve_exits_2_before_any_traffic(fake) -> None:
+    """--server (or REGISTRY_SERVERS) with a host name that does not resolve is a usage error:
+    exit 2, "cannot resolve host NAME", naming where it came from; nothing is sent."""
+    server = fake()
+    result = run("register", "web", "10.0.0.5:8080", "--server", "nosuch.invalid:7101", servers=[server])
+    assert result.exit_code == 2, result.output
+    assert squash("cannot resolve host 'nosuch.invalid'") in squash(result.output)
+    assert "--server" in result.output
+    result = runner.invoke(app, ["services"], env={"REGISTRY_SERVERS": f"{server.address},nosuch.invalid:7101"})
+    assert result.exit_code == 2, result.output
+    assert "REGISTRY_SERVERS" in result.output and "nosuch.invalid" in result.output
+    assert server.received() == []
+
+
+def test_a_refused_connection_says_so(fake) -> None:
+    """Nothing listening at the server: exit 1, and the reason is a refused connection."""
+    result = run("services", "--server", unused_address(), "--timeout", "0.5")
+    assert result.exit_code == 1, result.output
+    assert "connection refused" in result.stderr
 
 
 def test_a_bad_registry_servers_exits_2_naming_it(fake) -> None:

@@ -29,13 +29,18 @@ from registry.client import (
     ValidationFailed,
     looks_like_hostport,
     resolve_servers,
+    unresolvable,
 )
 
 from .fake_server import STATUS, FakeServer, answering, error, ok, silent, unused_address
 
-# Short timeouts keep the suite fast; slack absorbs a loaded CI machine.
+# Short attempt timeouts keep the suite fast where a test must wait one out. A test that proves
+# the client did NOT wait for a timeout sets that timeout LONG (LONG_S) and checks the call took
+# well under it, so that scheduling delays on a loaded machine cannot fail it. A call that must end
+# at its deadline may end later by at most LOADED_S: what a busy 2-core CI machine can add.
 ATTEMPT_S = 0.2
-SLACK_S = 1.5
+LONG_S = 30.0
+LOADED_S = 5.0
 
 
 def client_for(*servers: FakeServer | str, timeout_s: float = 3.0, **kwargs: Any) -> Client:
@@ -63,7 +68,8 @@ def test_register_sends_the_documented_request(fake) -> None:
     server = fake()
     with client_for(server, client_id="c-1") as client:
         got = client.register("web", "10.0.0.5", 8080, tags=("blue", "v2"), meta={"zone": "a"})
-    assert got == Registration(instance_id="web-1", created=True, index=42)
+    assert got == Registration(instance_id="web-1", created=True, index=42,
+                               instance=InstanceInfo("web-1", "10.0.0.5", 8080, ("blue", "v2"), {"zone": "a"}))
     [request] = server.received()
     assert request["v"] == 1 and request["op"] == "register"
     assert type(request["id"]) is int and 0 <= request["id"] < 2**63
@@ -108,12 +114,12 @@ def test_a_silent_server_is_retried_on_the_next_with_the_same_client_and_seq(fak
     """When the first server does not answer within the attempt timeout, the same write goes to
     the next server with the same client id and seq, and the call ends in bounded time."""
     mute, good = fake(silent), fake()
-    with client_for(mute, good) as client:
+    with client_for(mute, good, timeout_s=LONG_S) as client:
         started = time.monotonic()
         got = client.register("web", "10.0.0.5", 8080)
         elapsed = time.monotonic() - started
     assert got.index == 42
-    assert ATTEMPT_S <= elapsed < ATTEMPT_S + SLACK_S
+    assert ATTEMPT_S <= elapsed < LONG_S / 2, "waited the attempt timeout, not the call's"
     [first], [second] = mute.received(), good.received()
     assert (first["args"]["client"], first["args"]["seq"]) == (client.client_id, 1)
     assert second["args"] == first["args"], "a retry is the same write"
@@ -124,25 +130,25 @@ def test_a_server_that_refuses_connections_is_skipped_at_once(fake) -> None:
     """Nothing listening on the first address: the connection is refused, and the client moves
     on without waiting for the attempt timeout."""
     good = fake()
-    with Client([unused_address(), good.address], timeout_s=5, attempt_timeout_s=2.5) as client:
+    with Client([unused_address(), good.address], timeout_s=2 * LONG_S, attempt_timeout_s=LONG_S) as client:
         started = time.monotonic()
         assert client.services("web")["web"][0].id == "web-1"
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < LONG_S / 2, "waited for the attempt timeout"
         # A later call that meets it again (a new round) moves on at once too.
         client._preferred = 0
         started = time.monotonic()
         client.status()
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < LONG_S / 2, "waited for the attempt timeout"
 
 
 def test_a_server_that_dies_during_a_write_is_skipped_at_once(fake) -> None:
     """A server whose connection drops while a write is outstanding (kill -9) is not waited
     for: the same write goes to the next server at once."""
     dying, good = fake(crash_on_request=True), fake()
-    with Client([dying.address, good.address], timeout_s=5, attempt_timeout_s=2.5) as client:
+    with Client([dying.address, good.address], timeout_s=2 * LONG_S, attempt_timeout_s=LONG_S) as client:
         started = time.monotonic()
         assert client.register("web", "10.0.0.5", 8080).index == 42
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < LONG_S / 2, "waited for the attempt timeout"
     assert good.received()[0]["args"] == dying.received()[0]["args"]
 
 
@@ -151,10 +157,11 @@ def test_every_server_refusing_ends_at_the_deadline_without_spinning() -> None:
     error says the servers cannot be reached."""
     with Client([unused_address(), unused_address()], timeout_s=0.6) as client:
         started = time.monotonic()
-        with pytest.raises(Unavailable, match="cannot connect") as caught:
+        with pytest.raises(Unavailable, match="connection refused") as caught:
             client.status()
-        assert 0.6 <= time.monotonic() - started < 0.6 + SLACK_S
+        assert 0.6 <= time.monotonic() - started < 0.6 + LOADED_S
     assert 2 <= len(caught.value.tried) and "attempts" in str(caught.value)
+    assert "lost its quorum" not in str(caught.value), "no node answered: maybe starting, not a lost quorum"
 
 
 def test_sockets_are_reopened_cleanly_many_times(fake) -> None:
@@ -175,10 +182,10 @@ def test_sockets_are_reopened_cleanly_many_times(fake) -> None:
 def test_retryable_codes_go_to_the_next_server_at_once_with_the_same_seq(fake, code: str) -> None:
     """`timeout`, `no_leader` and `stopping` send the same write to the next server at once."""
     busy, good = fake(code_then(code)), fake()
-    with client_for(busy, good) as client:
+    with Client([busy.address, good.address], timeout_s=2 * LONG_S, attempt_timeout_s=LONG_S) as client:
         started = time.monotonic()
         client.register("web", "10.0.0.5", 8080)
-        assert time.monotonic() - started < ATTEMPT_S, "an error reply is not waited out"
+        assert time.monotonic() - started < LONG_S / 2, "an error reply is not waited out"
         client.register("web", "10.0.0.6", 8080)
     [first] = busy.received()
     second, third = good.received()
@@ -190,21 +197,20 @@ def test_a_late_answer_from_an_earlier_server_is_accepted(fake) -> None:
     """After moving on, the client still listens to the server it gave up on: its late answer
     (to the same write) ends the call."""
     slow, mute = fake(delay_s=3 * ATTEMPT_S), fake(silent)
-    with client_for(slow, mute) as client:
+    with client_for(slow, mute, timeout_s=LONG_S) as client:
         started = time.monotonic()
         assert client.register("web", "10.0.0.5", 8080).index == 42
-        assert time.monotonic() - started < 3 * ATTEMPT_S + SLACK_S
+        assert 3 * ATTEMPT_S <= time.monotonic() - started < LONG_S / 2, "the late answer ended the call"
     assert mute.received()[0]["args"] == slow.received()[0]["args"]
 
 
 def test_the_next_call_starts_at_the_server_that_answered(fake) -> None:
-    """A server that did not answer is not asked first again: the next call is quick."""
+    """A server that did not answer is not asked first again: the next call goes straight to
+    the one that answered (the silent server gets no second request)."""
     mute, good = fake(silent), fake()
     with client_for(mute, good) as client:
         client.status()
-        started = time.monotonic()
         client.status()
-        assert time.monotonic() - started < ATTEMPT_S
     assert len(mute.received()) == 1 and len(good.received()) == 2
 
 
@@ -217,7 +223,7 @@ def test_no_answer_anywhere_raises_unavailable_at_the_deadline(fake) -> None:
         with pytest.raises(Unavailable) as caught:
             client.register("web", "10.0.0.5", 8080)
         elapsed = time.monotonic() - started
-    assert 0.7 <= elapsed < 0.7 + SLACK_S
+    assert 0.7 <= elapsed < 0.7 + LOADED_S
     err = caught.value
     assert err.tried == (a.address, b.address)
     assert a.address in str(err) and b.address in str(err) and "no reply" in str(err)
@@ -346,25 +352,30 @@ def test_deregister_result(fake) -> None:
 
 def test_status_all_reports_every_server_in_bounded_time(fake) -> None:
     """status_all() asks every server at once and gives, in order, a NodeStatus or the error:
-    within one attempt timeout, whatever the number of servers that are down."""
-    good, mute, stopping = fake(), fake(silent), fake(lambda r: error("stopping", "bye"))
-    with client_for(good, mute, unused_address(), stopping, timeout_s=3) as client:
+    within one wait, whatever the number of servers that are silent (asking them in turn would
+    take a wait each)."""
+    wait_s = 2.0
+    good, mutes, stopping = fake(), [fake(silent) for _ in range(3)], fake(lambda r: error("stopping", "bye"))
+    servers = [good.address, *(m.address for m in mutes), unused_address(), stopping.address]
+    with Client(servers, timeout_s=LONG_S, attempt_timeout_s=wait_s) as client:
         started = time.monotonic()
         results = client.status_all()
-        assert time.monotonic() - started < ATTEMPT_S + SLACK_S
+        assert wait_s <= time.monotonic() - started < 2 * wait_s, "the silent servers were waited for at once"
     assert isinstance(results[0], NodeStatus) and results[0].server == good.address
-    assert isinstance(results[1], Unavailable) and results[1].server == mute.address
-    assert "no reply" in str(results[1])
-    assert isinstance(results[2], Unavailable) and "cannot connect" in str(results[2])
+    for mute, result in zip(mutes, results[1:4]):
+        assert isinstance(result, Unavailable) and result.server == mute.address
+        assert "no reply" in str(result)
+    results = [results[0], results[1], *results[4:]]
+    assert isinstance(results[2], Unavailable) and "connection refused" in str(results[2])
     assert isinstance(results[3], Unavailable) and results[3].code == "stopping"
 
 
 def test_status_all_does_not_wait_for_servers_that_refuse(fake) -> None:
     """Refused connections are reported at once, not after the wait."""
-    with Client([fake().address, unused_address()], timeout_s=5, attempt_timeout_s=2.5) as client:
+    with Client([fake().address, unused_address()], timeout_s=2 * LONG_S, attempt_timeout_s=LONG_S) as client:
         started = time.monotonic()
         first, second = client.status_all()
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < LONG_S / 2, "waited for the refused server"
     assert isinstance(first, NodeStatus) and isinstance(second, Unavailable)
 
 
@@ -504,6 +515,23 @@ def test_bad_server_addresses_are_refused_naming_the_source(monkeypatch, bad: st
         Client()
     with pytest.raises(ValidationFailed):
         Client([])
+
+
+def test_a_host_name_that_does_not_resolve_is_named_and_not_waited_for(fake) -> None:
+    """A server whose host name does not resolve fails at once with "cannot resolve host NAME";
+    with another server, that one is asked instead; with none left, the call ends at once."""
+    good = fake()
+    with Client(["nosuch.invalid:7101", good.address], timeout_s=2 * LONG_S, attempt_timeout_s=LONG_S) as client:
+        started = time.monotonic()
+        assert client.status().server == good.address
+        assert time.monotonic() - started < LONG_S / 2
+    with Client(["nosuch.invalid:7101"], timeout_s=LONG_S) as client:
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as caught:
+            client.register("web", "10.0.0.5", 8080)
+        assert time.monotonic() - started < LONG_S / 2, "an unknown name is not retried until the deadline"
+    assert str(caught.value) == "could not register: nosuch.invalid:7101: cannot resolve host 'nosuch.invalid'"
+    assert unresolvable(["nosuch.invalid:7101", "127.0.0.1:1", "[::1]:2", "localhost:3"]) == ["nosuch.invalid"]
 
 
 def test_timeouts_must_be_positive() -> None:

@@ -1,0 +1,119 @@
+"""The typed results of the client's calls, one per operation of docs/client-protocol.md."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A committed register: ``index`` is the log index at which it was committed.
+
+    A registration is the instance's whole definition: it replaces the address, port, tags and
+    meta of an instance with the same id (``created`` False). ``previous`` is the definition it
+    replaced, as the server reported it; None when ``created``, and also when the server is older
+    than this field or the answer is a retry's (the catalogue remembers a write's result, not
+    what it replaced). ``instance`` is the definition registered, in the catalogue's canonical
+    form (tags lowercase and sorted), as this client sent it."""
+
+    instance_id: str
+    created: bool
+    index: int
+    previous: InstanceInfo | None = None
+    instance: InstanceInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deregistration:
+    """A committed deregister: the ids removed (never empty) and the commit index."""
+
+    removed: tuple[str, ...]
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """One instance of a service, as a server reported it. NB: ``meta`` is a dict, so an
+    ``InstanceInfo`` compares by value but is not hashable."""
+
+    id: str
+    address: str
+    port: int
+    tags: tuple[str, ...]
+    meta: Mapping[str, str]
+
+
+class Services(dict[str, list[InstanceInfo]]):
+    """Service name -> instances, as of ``index`` (the applied index the answer reflects)."""
+
+    def __init__(self, services: Mapping[str, list[InstanceInfo]], index: int) -> None:
+        super().__init__(services)
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"Services({dict.__repr__(self)}, index={self.index})"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """Another node, as the answering node sees it. ``match``, ``next`` and ``state`` (Raft
+    progress) are known only on the leader; ``last_contact_ms`` is None if never heard from."""
+
+    match: int | None
+    next: int | None
+    state: str | None
+    last_contact_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A node's answer to ``status``; ``server`` is the client address that was asked.
+    ``peers`` has every peer's last contact; its replication progress only on the leader.
+    ``dns_stats`` is the node's DNS process counters (answered, stale, stale_queries, ...).
+    ``snapshot`` is the node's snapshot state: index, bytes, log_first_index, taken, installed, ..."""
+
+    server: str
+    node: str
+    node_id: int
+    role: str
+    term: int
+    leader: str | None
+    commit: int
+    applied: int
+    last_index: int
+    raft: str
+    client: str
+    dns: str
+    peers: Mapping[str, PeerStatus] = field(default_factory=dict)
+    dns_stats: Mapping[str, Any] | None = None
+    snapshot: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedSnapshot:
+    """A consistent copy of the cluster's catalogue (``snapshot_save``): ``data`` is the catalogue
+    snapshot (services, instances and client sessions) as of log ``index``, whose entry has
+    ``term``; ``voters`` and ``learners`` are the node ids of the membership; ``digest`` is the
+    catalogue's SHA-256 digest (hex). NB: ``repr`` leaves ``data`` out."""
+
+    index: int
+    term: int
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    services: int
+    instances: int
+    sessions: int
+    digest: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Restoration:
+    """A committed ``snapshot_restore``: the catalogue now holds this many services and
+    instances, from log ``index`` on."""
+
+    services: int
+    instances: int
+    index: int
