@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +327,7 @@ def load(tool: str, port: int, qnames: list[str], seconds: float, window: int, m
     return builtin_load(port, qnames, seconds, window)
 
 
-def with_server_cpu(pid: int, run: Any) -> tuple[dict[str, Any], Window]:
+def with_server_cpu(pid: int, run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], Window]:
     """``run()``'s result, and a `Window` of the DNS server ``pid`` (as "server") around it."""
     window = Window({"server": pid})
     window.open()
