@@ -41,6 +41,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.script import loadavg, reporter  # noqa: E402
 
 STEPS: dict[str, tuple[str, list[str], list[str]]] = {
     # name: (script, full-profile args, --quick args)
@@ -62,8 +65,7 @@ TARGETS = {
 }
 
 
-def progress(message: str) -> None:
-    print(f"[all] {message}", file=sys.stderr, flush=True)
+progress = reporter("all")
 
 
 def run_step(name: str, quick: bool, extra: list[str]) -> dict[str, Any]:
@@ -274,8 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names.remove("etcd")
     extra = ["--dir", str(args.dir)] if args.dir else []
     result: dict[str, Any] = {"benchmark": "all", "format": 1, "profile": "quick" if args.quick else "full",
-                              "machine": {"cpus": os.cpu_count(),
-                                          "loadavg_before": [round(x, 2) for x in os.getloadavg()]},
+                              "machine": {"cpus": os.cpu_count(), "loadavg_before": loadavg()},
                               "targets": TARGETS, "steps": {}}
     t0 = time.monotonic()
     try:
@@ -286,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress("interrupted")
         return 130
     result["seconds"] = round(time.monotonic() - t0, 1)
-    result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"]["loadavg_after"] = loadavg()
     result["summary"] = summarise(result["steps"])
     text = json.dumps(result, allow_nan=False)
     if args.out:

@@ -1,37 +1,34 @@
-"""The benchmarks' shared parts: a local cluster of real agents, /proc samples, clean-up.
+"""The benchmarks' local cluster: real `registry agent` processes on loopback, and what the nodes
+tell over a run.
 
 `LocalCluster` starts NODES `registry agent` processes (durable: LMDB, fsync per Ready) on free
 loopback ports (never the `registry up` ports, so a benchmark can run beside the integration
-tests), waits for a leader, samples each node's CPU, disk writes and memory from /proc, and
-always stops them (SIGTERM, then SIGKILL; PR_SET_PDEATHSIG if the benchmark itself is killed).
-Every benchmark in bench/ starts its clusters through it; `stop_on_signals`, `bench_root`,
-`fsync_probe` and `machine_info` give each run the same clean-up and the same context lines.
+tests), waits for a leader, gives each node's PIDs, memory and data size, and always stops them
+(SIGTERM, then SIGKILL; PR_SET_PDEATHSIG if the benchmark itself is killed). Every benchmark in
+bench/ starts its clusters through it. `Probe` is a run seen from the nodes: `status` before and
+after, and bench/window.py's `Window` over the agents.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import importlib.util
-import math
 import os
-import platform
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from registry.client import Client, NodeStatus, RegistryError  # noqa: E402
+from bench.proc import children_running, die_with_parent, proc_status_kib
+from bench.script import reporter
+from bench.window import Window
+from registry.client import Client, NodeStatus, RegistryError
 
 HOST = "127.0.0.1"
 # Ports of `registry up` (raft 7001-7009, client 7101-7109, DNS 8600-8608) and their
@@ -40,79 +37,7 @@ RESERVED_PORTS = range(7000, 8700)
 PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range, where outgoing connections live
 LEADER_WAIT_S = 20.0
 STOP_WAIT_S = 10.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def stop_on_signals() -> None:
-    """Turn SIGTERM and SIGINT into KeyboardInterrupt, so a benchmark's cleanup always runs."""
-
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    # NB: SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
-
-
-def bench_root(prefix: str, parent: Path | None, report: Callable[[str], None]) -> tuple[Path, str]:
-    """A fresh directory for a benchmark's clusters and its filesystem; warns when it is tmpfs."""
-    root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    fs = filesystem(root)
-    if fs.startswith("tmpfs"):
-        report(f"warning: {root} is on tmpfs, where fsync costs nothing: not a durable measurement; use --dir")
-    return root, fs
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_status_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def proc_io(pid: int) -> dict[str, int]:
-    """/proc/PID/io (write_bytes: bytes this process caused to be written to the disk)."""
-    try:
-        with open(f"/proc/{pid}/io") as f:
-            return {k: int(v) for k, v in (line.split(":") for line in f)}
-    except OSError:  # not readable without privileges on some systems
-        return {}
-
-
-def box_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(x) for x in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return float(sum(values[:8]) - idle), float(sum(values[:8]))
-
-
-def fsync_probe(root: Path, seconds: float = 1.0) -> dict[str, float]:
-    """Durable one-entry LMDB commits in ``root`` for ``seconds``: bench/storage.py's first row,
-    so every result carries what a commit cost on this disk at that moment."""
-    spec = importlib.util.spec_from_file_location("bench_storage", Path(__file__).with_name("storage.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    r = module.bench_storage(root, 1, os.urandom(128), seconds)
-    return {"commits_per_s": round(r["saves_per_s"]), "p50_ms": round(r["p50_ms"], 3), "p99_ms": round(r["p99_ms"], 3)}
-
-
-def filesystem(path: Path) -> str:
-    try:
-        out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, check=True).stdout
-        fields = out.splitlines()[-1].split()
-        return f"{fields[1]} on {fields[0]}"
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return "unknown filesystem"
+DNS_CHILD_WAIT_S = 10.0
 
 
 # The local cluster
@@ -146,17 +71,24 @@ def pick_ports(count: int, *, udp: bool = False, taken: set[int] | None = None) 
     raise RuntimeError("no free loopback ports found")
 
 
-try:  # NB: loaded here, so that the child between fork and exec only calls a function
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _PRCTL = None
-PR_SET_PDEATHSIG = 1
+def dns_child_pid(agent_pid: int, timeout_s: float = DNS_CHILD_WAIT_S) -> int:
+    """The PID of an agent's DNS child (``python -m registry_dns.process``), once it runs."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := children_running(agent_pid, b"registry_dns.process")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no DNS child process of the agent {agent_pid} found")
+        time.sleep(0.1)
+    return found[0]
 
 
-def _die_with_parent() -> None:
-    """In a child: SIGTERM when the benchmark dies, even by SIGKILL (Linux; else nothing)."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+def dir_bytes(path: Path) -> int:
+    """Allocated bytes under ``path`` (st_blocks: LMDB's map file is sparse)."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
+    return total
 
 
 @dataclass
@@ -224,7 +156,7 @@ class LocalCluster:
         self._logs.append(log)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         a.proc = subprocess.Popen(self.command(name), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  cwd=self.root, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                  cwd=self.root, env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     def start(self, attempts: int = 3) -> None:
         """Start every agent; if one exits at once (a port taken meanwhile), pick new ports."""
@@ -274,11 +206,13 @@ class LocalCluster:
             time.sleep(0.1)
         raise RuntimeError(f"no leader within {timeout_s:g} s; last statuses: {last}")
 
-    def cpu_s(self) -> dict[str, float]:
-        return {a.name: proc_cpu_s(a.pid) for a in self.agents.values() if a.alive()}
+    def pids(self) -> dict[str, int]:
+        """The running agents' PIDs, by node name."""
+        return {a.name: a.pid for a in self.agents.values() if a.alive()}
 
-    def disk_write_bytes(self) -> dict[str, int]:
-        return {a.name: proc_io(a.pid).get("write_bytes", 0) for a in self.agents.values() if a.alive()}
+    def dns_pids(self) -> dict[str, int]:
+        """The running agents' DNS children's PIDs, by node name."""
+        return {name: dns_child_pid(pid) for name, pid in self.pids().items()}
 
     def memory(self) -> dict[str, dict[str, float]]:
         """Each node's resident memory now and at its peak (VmRSS, VmHWM), in MiB."""
@@ -321,21 +255,44 @@ class LocalCluster:
                 shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _no_nan(value: Any) -> Any:
-    """NaN (a percentile of no writes) as null, so that the output is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_no_nan(v) for v in value]
-    return value
+class Probe:
+    """A run seen from the nodes: `status` of each before and after (each takes a round trip, so
+    outside the window) and, over the window, the agents' CPU and disk writes and the machine's
+    CPU. ``open`` and ``close`` are the window's edges (run_load's ``on_start``/``on_end``)."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.window = Window(cluster.pids())
+        self.status0 = cluster.statuses()
+
+    def open(self) -> None:
+        self.window.open()
+
+    def close(self) -> None:
+        self.window.close()
+
+    def after(self, writes: int) -> dict[str, Any]:
+        """After the run: statuses, and what the counters moved by within the window."""
+        status = self.cluster.statuses()
+        processes = self.window.processes()
+        nodes: dict[str, Any] = {}
+        for name in self.cluster.names:
+            s, s0 = status.get(name), self.status0.get(name)
+            row: dict[str, Any] = dict(processes.get(name, {"cpu_pct": None, "disk_written_mb": 0.0}))
+            if isinstance(s, NodeStatus):
+                row.update(role=s.role, term=s.term, leader=s.leader, commit=s.commit, applied=s.applied)
+                if isinstance(s0, NodeStatus):
+                    row["applied_delta"] = s.applied - s0.applied
+                    row["term_delta"] = s.term - s0.term
+            else:
+                row["error"] = str(s)
+            nodes[name] = row
+        leader = next((n for n, r in nodes.items() if r.get("role") == "leader"), None)
+        leader_disk = nodes[leader]["disk_written_mb"] if leader else None
+        return {"nodes": nodes, "leader": leader, "nodes_cpu_pct": self.window.total_cpu_pct(),
+                "elections": max((r.get("term_delta", 0) for r in nodes.values()), default=0),
+                "machine_cpu_pct": self.window.machine_cpu_pct(),
+                "leader_disk_kb_per_write": round(1000 * leader_disk / writes, 2) if leader and writes else None}
 
 
-def machine_info(data_root: Path) -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "platform": platform.platform(),
-            "data_filesystem": filesystem(data_root)}
-
-def progress(message: str) -> None:
-    print(f"[cluster] {message}", file=sys.stderr, flush=True)
+progress = reporter("cluster")

@@ -9,16 +9,18 @@ loopback ports picked free. Then for each round and each concurrency level C, C 
 clients write to one system for --seconds, then to the other: registry first in even rounds,
 etcd first in odd ones (A B, B A, ...), so that drift on a shared machine cancels in the medians.
 
-- registry: writes.py's `run_load`, i.e. `registry.client.Client`, one per thread, client k starts
-  at node k mod 3; each write registers a new instance (writes.py's `registration`).
+- registry: bench/load.py's `Registrations`, i.e. `registry.client.Client`, one per thread,
+  client k starts at node k mod 3; each write registers a new instance (load.py's `registration`).
 - etcd: its normal HTTP/JSON client path, the gRPC gateway (`POST /v3/kv/put`, base64 key and
   value), one keep-alive `http.client` connection per client thread, client k on member k mod 3.
   Each put writes a new key `bench/<instance id>` whose value is exactly the bytes the registry
   puts in its Raft log for that same registration (`encode_request`: about 190-196 bytes), so
   both logs carry writes of the same size.
 
-Both loads use the same worker-process/thread layout (--procs, as writes.py) and the same
-window: only writes completed within it count. Reports per level writes/s, p50/p99 for each
+Both loads are driven by the same generator (bench/load.py's `run_load`: the same
+worker-process/thread layout, --procs as writes.py, and the same window: only writes completed
+within it count) and measured by the same code (`measure`, bench/window.py's `Window`).
+Reports per level writes/s, p50/p99 for each
 system, the ratios registry/etcd, medians over rounds, the servers' and clients' CPU, and
 bench/storage.py's first row (a durable one-entry LMDB commit) before and after: what an fsync
 cost on this disk in this run. A table on stdout (or --json), progress on stderr. Both clusters
@@ -41,54 +43,30 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cluster import (
-    HOST,
-    LocalCluster,
-    STOP_WAIT_S,
-    _die_with_parent,
-    _no_nan,
-    bench_root,
-    box_cpu,
-    fsync_probe,
-    machine_info,
-    pick_ports,
-    proc_cpu_s,
-    proc_io,
-    stop_on_signals,
+from bench.cluster import HOST, STOP_WAIT_S, LocalCluster, pick_ports  # noqa: E402
+from bench.load import Registrations, Target, procs_for, registration, run_load, warm_up  # noqa: E402
+from bench.proc import die_with_parent  # noqa: E402
+from bench.script import (  # noqa: E402
+    add_options, bench_root, fsync_probe, loadavg, machine_info, main_frame, new_parser, num, numbers, positive_procs,
+    print_header, reporter,
 )
-from writes import (
-    Probe,
-    _num,
-    _output,
-    default_procs,
-    registration,
-    rotate,
-    run_load,
-    run_sequential,
-)
-
-from registry.catalogue.commands import Register, Request, encode_request
-from registry.client import RegistryError
+from bench.window import Window, other_pct  # noqa: E402
+from registry.catalogue.commands import Register, Request, encode_request  # noqa: E402
 
 ETCD_CANDIDATES = ("/usr/bin/etcd",)
 ETCD_WAIT_S = 30.0
-ETCD_TIMEOUT_S = 5.0  # per request, as writes.py's CLIENT_TIMEOUT_S
+ETCD_TIMEOUT_S = 5.0  # per request, as load.py's CLIENT_TIMEOUT_S
 
-
-def progress(message: str) -> None:
-    print(f"[compare_etcd] {message}", file=sys.stderr, flush=True)
+progress = reporter("compare_etcd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +75,7 @@ def progress(message: str) -> None:
 
 def entry_bytes(client_id: str, seq: int, run: int, client: int, i: int) -> tuple[str, bytes]:
     """(instance id, the registry's Raft log entry) of write ``i`` of ``client`` in ``run``:
-    exactly what the registry logs for writes.py's registration (run, client, i)."""
+    exactly what the registry logs for load.py's registration (run, client, i)."""
     a = registration(run, client, i)
     command = Register(a["service"], a["address"], a["port"], tags=a["tags"], meta=a["meta"])
     return command.instance_id or "", encode_request(Request(client_id=client_id, seq=seq, command=command))
@@ -167,7 +145,7 @@ class EtcdCluster:
                 self._logs.append(log)
                 self.procs[name] = subprocess.Popen(
                     self.command(name), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    cwd=self.root, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 (as writes.py)
+                    cwd=self.root, start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509 (as cluster.py)
             time.sleep(1.0)
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if not dead:
@@ -254,17 +232,29 @@ class EtcdCluster:
 
 
 # ---------------------------------------------------------------------------------------------
-# etcd load: closed-loop clients, threads in worker processes (writes.py's run_load, for HTTP)
+# etcd as a load target (bench/load.py's Target), and the one measurement of both systems
 
 
-class EtcdClient:
-    """One keep-alive HTTP connection to the gateway of ``server`` (reconnects on errors)."""
+class EtcdError(Exception):
+    pass
 
-    def __init__(self, server: str) -> None:
-        self.server = server
+
+class EtcdWriter:
+    """One client: one keep-alive HTTP connection to the gateway of ``server`` (reconnects after
+    an error); its write i puts `etcd_put_body` of (run, client, i)."""
+
+    def __init__(self, server: str, run: int, index: int) -> None:
+        self.server, self.run, self.index = server, run, index
+        self.client_id = uuid.uuid4().hex
         self.conn: http.client.HTTPConnection | None = None
 
-    def put(self, body: bytes) -> None:
+    def connect(self) -> None:
+        self.conn = http.client.HTTPConnection(self.server, timeout=ETCD_TIMEOUT_S)
+        with contextlib.suppress(OSError):
+            self.conn.connect()
+
+    def write(self, i: int) -> None:
+        body = etcd_put_body(self.client_id, i + 1, self.run, self.index, i)
         if self.conn is None:
             self.conn = http.client.HTTPConnection(self.server, timeout=ETCD_TIMEOUT_S)
         try:
@@ -283,153 +273,62 @@ class EtcdClient:
             self.conn = None
 
 
-class EtcdError(Exception):
-    pass
+@dataclass(frozen=True)
+class EtcdPuts:
+    """etcd: client k on member k mod n (a follower forwards to the leader, as a registry
+    follower does)."""
+
+    timeout_s: float = ETCD_TIMEOUT_S
+    errors: tuple[type[BaseException], ...] = (OSError, EtcdError, http.client.HTTPException)
+
+    def writer(self, servers: Sequence[str], run: int, index: int) -> EtcdWriter:
+        return EtcdWriter(servers[index % len(servers)], run, index)
 
 
-def run_etcd_sequential(server: str, run: int, writes: int) -> int:
-    client, client_id, done = EtcdClient(server), uuid.uuid4().hex, 0
-    try:
-        for i in range(writes):
-            with contextlib.suppress(OSError, EtcdError, http.client.HTTPException):
-                client.put(etcd_put_body(client_id, i + 1, run, 0, i))
-                done += 1
-    finally:
-        client.close()
-    return done
+@dataclass
+class System:
+    """One side of the comparison: its load target, its client addresses, its server processes
+    and its (leader, term) once every member agrees."""
+
+    name: str
+    target: Target
+    servers: list[str]
+    pids: Callable[[], dict[str, int]]
+    leader: Callable[[], tuple[str | None, int]]
 
 
-def _etcd_thread(server: str, run: int, index: int, connected: threading.Barrier, window: list[float],
-                 out: list[Any]) -> None:
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    late = 0
-    client, client_id = EtcdClient(server), uuid.uuid4().hex
-    try:
-        with contextlib.suppress(Exception):  # connect before the start
-            client.conn = http.client.HTTPConnection(server, timeout=ETCD_TIMEOUT_S)
-            client.conn.connect()
-        connected.wait()
-        connected.wait()  # the second time: the window is set
-        start_at, end_at = window
-        time.sleep(max(0.0, start_at - time.monotonic()))
-        for i in itertools.count():
-            t0 = time.monotonic()
-            if t0 >= end_at:
-                break
-            try:
-                client.put(etcd_put_body(client_id, i + 1, run, index, i))
-            except (OSError, EtcdError, http.client.HTTPException) as exc:
-                if time.monotonic() <= end_at:
-                    errors[type(exc).__name__] += 1
-                continue
-            t1 = time.monotonic()
-            if t1 <= end_at:
-                latencies.append(t1 - t0)
-            else:
-                late += 1
-    finally:
-        client.close()
-    out.append((latencies, errors, late))
+def registry_system(cluster: LocalCluster) -> System:
+    def leader() -> tuple[str | None, int]:
+        s = cluster.wait_leader()
+        return s.node, s.term
+
+    return System("registry", Registrations(), cluster.servers, cluster.pids, leader)
 
 
-def _etcd_worker(servers: list[str], run: int, indexes: list[int], seconds: float, ready: Any, go: Any,
-                 start_at: Any, results: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
-    out: list[Any] = []
-    window: list[float] = []
-    connected = threading.Barrier(len(indexes) + 1)
-    threads = [threading.Thread(target=_etcd_thread, daemon=True,
-                                args=(servers[k % len(servers)], run, k, connected, window, out)) for k in indexes]
-    for t in threads:
-        t.start()
-    connected.wait(timeout=60)
-    ready.put(os.getpid())
-    go.wait()
-    begin = start_at.value
-    window[:] = [begin, begin + seconds]
-    connected.wait(timeout=60)
-    time.sleep(max(0.0, begin - time.monotonic()))
-    cpu0 = time.process_time()
-    time.sleep(max(0.0, begin + seconds - time.monotonic()))
-    cpu = time.process_time() - cpu0
-    for t in threads:
-        t.join()
-    errors: Counter[str] = Counter()
-    for _, e, _ in out:
-        errors.update(e)
-    results.put({"pid": os.getpid(), "latencies": [x for lat, _, _ in out for x in lat], "errors": dict(errors),
-                 "late": sum(n for _, _, n in out), "cpu_s": cpu})
+def etcd_system(etcd: EtcdCluster) -> System:
+    def leader() -> tuple[str | None, int]:
+        s = etcd.wait_leader()
+        return s["leader"], s["term"]
 
-
-def run_etcd_load(servers: list[str], run: int, clients: int, seconds: float, procs: int,
-                  on_start: Any = None, on_end: Any = None) -> dict[str, Any]:
-    """writes.py's run_load for etcd: the same worker layout, window and result fields."""
-    return run_load(servers, run, clients, seconds, procs, on_start, on_end, worker=_etcd_worker,
-                    result_timeout_s=ETCD_TIMEOUT_S + 30)
-
-
-class PidProbe:
-    """CPU and disk writes of a set of server processes, and the machine's CPU, over a window."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-
-    def _sample(self) -> tuple[float, dict[str, float], dict[str, int], tuple[float, float]]:
-        return (time.monotonic(), {n: proc_cpu_s(p) for n, p in self.pids.items()},
-                {n: proc_io(p).get("write_bytes", 0) for n, p in self.pids.items()}, box_cpu())
-
-    def window_open(self) -> None:
-        self.s0 = self._sample()
-
-    def window_close(self) -> None:
-        self.s1 = self._sample()
-
-    def after(self) -> dict[str, Any]:
-        (t0, c0, io0, b0), (t1, c1, io1, b1) = self.s0, self.s1
-        elapsed = t1 - t0
-        total = b1[1] - b0[1]
-        return {"nodes": {n: {"cpu_pct": round(100 * (c1[n] - c0[n]) / elapsed, 1),
-                              "disk_written_mb": round((io1.get(n, 0) - io0.get(n, 0)) / 1e6, 2)} for n in self.pids},
-                "nodes_cpu_pct": round(100 * sum(c1[n] - c0[n] for n in self.pids) / elapsed, 1),
-                "machine_cpu_pct": round(100 * (os.cpu_count() or 1) * (b1[0] - b0[0]) / total, 1) if total else None}
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
+    return System("etcd", EtcdPuts(), etcd.servers, etcd.pids, leader)
 
 
 ROW_KEYS = ("writes", "writes_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "errors", "late",
             "clients", "procs")
 
 
-def measure_registry(cluster: LocalCluster, run: int, clients: int, seconds: float, procs: int) -> dict[str, Any]:
-    before = cluster.wait_leader()
-    probe = Probe(cluster)
-    probe.before()
-    t = run_load(cluster.servers, run, clients, seconds, procs, on_start=probe.window_open,
-                 on_end=probe.window_close)
-    p = probe.after(t["writes"])
+def measure(system: System, run: int, clients: int, seconds: float, procs: int) -> dict[str, Any]:
+    """One run of ``clients`` closed-loop clients against ``system``: the load's figures, its
+    servers' CPU and disk writes and the machine's CPU over the window, leader and term moves."""
+    leader_before, term_before = system.leader()
+    window = Window(system.pids())
+    t = run_load(system.target, system.servers, run, clients, seconds, procs, on_start=window.open,
+                 on_end=window.close)
+    leader_after, term_after = system.leader()
     row = {k: t[k] for k in ROW_KEYS}
-    row.update(client_cpu_pct=t["client_cpu_pct"], nodes_cpu_pct=p["nodes_cpu_pct"],
-               machine_cpu_pct=p["machine_cpu_pct"], leader=p["leader"], leader_before=before.node,
-               elections=p["elections"], nodes={n: {"cpu_pct": r["cpu_pct"], "disk_written_mb": r["disk_written_mb"]}
-                                                for n, r in p["nodes"].items()})
-    return row
-
-
-def measure_etcd(etcd: EtcdCluster, run: int, clients: int, seconds: float, procs: int) -> dict[str, Any]:
-    before = etcd.wait_leader()
-    probe = PidProbe(etcd.pids())
-    t = run_etcd_load(etcd.servers, run, clients, seconds, procs, on_start=probe.window_open,
-                      on_end=probe.window_close)
-    p = probe.after()
-    after = etcd.wait_leader()
-    row = {k: t[k] for k in ROW_KEYS}
-    row.update(client_cpu_pct=t["client_cpu_pct"], nodes_cpu_pct=p["nodes_cpu_pct"],
-               machine_cpu_pct=p["machine_cpu_pct"], leader=after["leader"], leader_before=before["leader"],
-               elections=after["term"] - before["term"], nodes=p["nodes"])
+    row.update(client_cpu_pct=t["client_cpu_pct"], nodes_cpu_pct=window.total_cpu_pct(),
+               machine_cpu_pct=window.machine_cpu_pct(), leader=leader_after, leader_before=leader_before,
+               elections=term_after - term_before, nodes=window.processes())
     return row
 
 
@@ -464,13 +363,8 @@ def summarise(rows: list[dict[str, Any]], levels: list[int]) -> list[dict[str, A
 
 
 def print_table(r: dict[str, Any]) -> None:
-    m, cfg, w = r["machine"], r["config"], r["write_sizes"]
-    print(f"registry vs etcd {r.get('etcd_version', '')}: 3 durable nodes each on loopback, {m['cpus']} CPUs, load average "
-          f"{m['loadavg_before'][0]:g} before and {m.get('loadavg_after', ['?'])[0]} after, data on {m['data_filesystem']}")
-    if "disk_before" in r:
-        b, a = r["disk_before"], r.get("disk_after") or {}
-        print(f"disk: a durable LMDB commit (bench/storage.py) took p50 {b['p50_ms']:.2f} ms / p99 {b['p99_ms']:.2f} ms "
-              f"before the run and p50 {_num(a.get('p50_ms'))} / p99 {_num(a.get('p99_ms'))} ms after")
+    cfg, w = r["config"], r["write_sizes"]
+    print_header(r, f"registry vs etcd {r.get('etcd_version', '')}: 3 durable nodes each on loopback")
     print(f"writes: registry registration = a {w['registry_entry_bytes']}-byte log entry; etcd put of those same bytes "
           f"as the value under a {w['etcd_key_bytes']}-byte key; {cfg['seconds']:g} s per run, {cfg['rounds']} round(s), "
           f"order per round: {', '.join('/'.join(o) for o in cfg['orders'])}\n")
@@ -478,16 +372,16 @@ def print_table(r: dict[str, Any]) -> None:
           f"{'servers':>9}{'clients':>9}{'other':>7}{'machine':>9}")
     for x in r["runs"]:
         print(f"{'round ' + str(x['round']) + ', ' + str(x['clients']) + ' clients':<22}{x['system']:>9}{x['procs']:>6}"
-              f"{x['writes_per_s']:>10.0f}{_num(x['p50_ms']):>9}{_num(x['p99_ms']):>9}{_num(x['max_ms'], '.1f'):>9}"
+              f"{x['writes_per_s']:>10.0f}{num(x['p50_ms']):>9}{num(x['p99_ms']):>9}{num(x['max_ms'], '.1f'):>9}"
               f"{sum(x['errors'].values()):>8}{x['nodes_cpu_pct']:>8.0f}%{x['client_cpu_pct']['total']:>8.0f}%"
-              f"{_num(x.get('other_cpu_pct'), '.0f'):>6}%{_num(x['machine_cpu_pct'], '.0f'):>8}%")
+              f"{num(x.get('other_cpu_pct'), '.0f'):>6}%{num(x['machine_cpu_pct'], '.0f'):>8}%")
     print(f"\nmedians over rounds{'':<3}{'registry':>27}{'etcd':>27}{'registry / etcd':>27}")
     print(f"{'clients':<22}" + f"{'writes/s':>10}{'p50 ms':>8}{'p99 ms':>9}" * 2 + f"{'writes/s':>10}{'p50':>8}{'p99':>9}")
     for s in r["summary"]:
         print(f"{s['clients']:<22}"
-              + "".join(f"{_num(s[f'{sys_}_writes_per_s'], '.0f'):>10}{_num(s[f'{sys_}_p50_ms']):>8}"
-                        f"{_num(s[f'{sys_}_p99_ms']):>9}" for sys_ in ("registry", "etcd"))
-              + f"{_num(s['ratio_writes_per_s']):>10}{_num(s['ratio_p50_ms']):>8}{_num(s['ratio_p99_ms']):>9}")
+              + "".join(f"{num(s[f'{sys_}_writes_per_s'], '.0f'):>10}{num(s[f'{sys_}_p50_ms']):>8}"
+                        f"{num(s[f'{sys_}_p99_ms']):>9}" for sys_ in ("registry", "etcd"))
+              + f"{num(s['ratio_writes_per_s']):>10}{num(s['ratio_p50_ms']):>8}{num(s['ratio_p99_ms']):>9}")
     print("CPU in % of one core over the window: servers = the 3 agents (registry, without their DNS children) or "
           "the 3 etcd members; other = the rest of the machine")
     print("\nratios are medians of each round's registry/etcd: writes/s above 1 and latency below 1 favour the registry")
@@ -502,41 +396,27 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each run (default 5)")
-    parser.add_argument("--clients", default="1,16,64", help="concurrency levels, comma-separated (default 1,16,64)")
+    parser.add_argument("--clients", dest="levels", metavar="CLIENTS", type=numbers, default="1,16,64",
+                        help="concurrency levels, comma-separated (default 1,16,64)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating which system goes first (default 2)")
     parser.add_argument("--warmup", type=int, default=100, help="writes through each node/member first (default 100)")
-    parser.add_argument("--procs", default="auto", help="client worker processes: a number, or auto (as writes.py)")
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="parent of the temporary directory of both clusters (a real disk, not tmpfs)")
+    parser.add_argument("--procs", default="auto", type=positive_procs,
+                        help="client worker processes: a number, or auto (as writes.py)")
     parser.add_argument("--etcd", help="the etcd binary (default /usr/bin/etcd, else etcd on PATH)")
-    parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--show", type=Path, metavar="FILE", help="print the table of a saved --json result and exit")
+    add_options(parser)
     args = parser.parse_args(argv)
-    try:
-        args.levels = [int(c) for c in args.clients.split(",") if c.strip()]
-    except ValueError:
-        parser.error(f"--clients: expected numbers like 1,16,64, got {args.clients!r}")
     if any(c < 1 or c > 1024 for c in args.levels) or args.rounds < 1:
         parser.error("each --clients level must be 1-1024 and --rounds at least 1")
-    if args.procs != "auto" and not (args.procs.isdigit() and int(args.procs) >= 1):
-        parser.error("--procs: a positive number or auto")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.show is not None:
-        return _output(lambda: print_table(json.loads(args.show.read_text())))
+def run(args: argparse.Namespace) -> dict[str, Any]:
     exe = args.etcd or find_etcd()
-    if exe is None:
-        progress("etcd not found: install Debian's etcd-server (apt-get install -y etcd-server) or pass --etcd")
-        return 2
-
-    stop_on_signals()
+    if exe is None or not os.access(exe, os.X_OK):
+        raise RuntimeError(f"etcd not found{' at ' + exe if exe else ''}: install Debian's etcd-server "
+                           "(apt-get install -y etcd-server) or pass --etcd")
     root, fs = bench_root("registry-bench-etcd-", args.dir, progress)
     version = subprocess.run([exe, "--version"], check=False, capture_output=True, text=True).stdout.splitlines()
     orders = [("registry", "etcd") if r % 2 == 0 else ("etcd", "registry") for r in range(args.rounds)]
@@ -551,7 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         progress("disk: 1 s of durable LMDB commits (bench/storage.py)")
         result["disk_before"] = fsync_probe(root)
-        with LocalCluster(3, root / "registry") as cluster, EtcdCluster(exe, 3, root / "etcd") as etcd:
+        with LocalCluster(3, root / "registry", agent_args=args.agent_arg) as cluster, \
+                EtcdCluster(exe, 3, root / "etcd") as etcd:
             progress(f"starting 3 registry agents (client ports {', '.join(cluster.servers)}) and 3 etcd members "
                      f"(client URLs {', '.join(etcd.servers)}) in {root} ({fs})")
             cluster.start()
@@ -565,50 +446,43 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "members": {n: {"pid": p, "client": etcd.client[n]}
                                                       for n, p in etcd.pids().items()}}}
             progress(f"registry leader {leader.node}, etcd leader {eleader['leader']}")
+            systems = {s.name: s for s in (registry_system(cluster), etcd_system(etcd))}
             if args.warmup:
                 progress(f"warm-up: {args.warmup} writes through each node of each system")
-                for k in range(3):
-                    run_sequential(rotate(cluster.servers, k), next(runs), args.warmup)
-                    run_etcd_sequential(etcd.servers[k], next(runs), args.warmup)
+                for system in systems.values():
+                    warm_up(system.target, system.servers, runs, args.warmup)
             result["runs"] = []
             for rnd, order in enumerate(orders, 1):
                 for clients in args.levels:
-                    procs = default_procs(clients) if args.procs == "auto" else int(args.procs)
-                    for system in order:
-                        progress(f"round {rnd}: {system}, {clients} clients for {args.seconds:g} s")
-                        if system == "registry":
-                            row = measure_registry(cluster, next(runs), clients, args.seconds, procs)
-                        else:
-                            row = measure_etcd(etcd, next(runs), clients, args.seconds, procs)
-                        row.update(system=system, round=rnd)
+                    procs = procs_for(args.procs, clients)
+                    for name in order:
+                        progress(f"round {rnd}: {name}, {clients} clients for {args.seconds:g} s")
+                        row = measure(systems[name], next(runs), clients, args.seconds, procs)
+                        row.update(system=name, round=rnd)
                         if row["machine_cpu_pct"] is not None:  # other people's processes, the kernel
-                            row["other_cpu_pct"] = round(max(0.0, row["machine_cpu_pct"] - row["nodes_cpu_pct"]
-                                                             - row["client_cpu_pct"]["total"]), 1)
+                            row["other_cpu_pct"] = other_pct(row["machine_cpu_pct"], row["nodes_cpu_pct"],
+                                                             row["client_cpu_pct"]["total"])
                         result["runs"].append(row)
-                        progress(f"  {row['writes_per_s']:.0f} writes/s, p50 {row['p50_ms']:.2f} ms, "
-                                 f"p99 {row['p99_ms']:.2f} ms, errors {sum(row['errors'].values())}, "
+                        progress(f"  {row['writes_per_s']:.0f} writes/s, p50 {num(row['p50_ms'])} ms, "
+                                 f"p99 {num(row['p99_ms'])} ms, errors {sum(row['errors'].values())}, "
                                  f"servers CPU {row['nodes_cpu_pct']:.0f}%, clients CPU "
                                  f"{row['client_cpu_pct']['total']:.0f}%, machine {row['machine_cpu_pct']}%")
             result["summary"] = summarise(result["runs"], args.levels)
-            result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+            result["machine"]["loadavg_after"] = loadavg()
             progress("disk: 1 s of durable LMDB commits again (both clusters idle)")
             result["disk_after"] = fsync_probe(root)
             progress("stopping both clusters")
-    except KeyboardInterrupt:
-        progress("interrupted: both clusters were stopped")
-        return 130
-    except (RuntimeError, OSError, RegistryError) as exc:
-        progress(f"error: {exc}")
-        return 1
     finally:
         if args.keep:
             progress(f"kept data and logs in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        return _output(lambda: print(json.dumps(_no_nan(result), indent=2 if sys.stdout.isatty() else None,
-                                                allow_nan=False)))
-    return _output(lambda: print_table(result))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_frame(parse_args(argv), print_table, run, progress,
+                      interrupted="interrupted: both clusters were stopped")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ takes writes, and the writes/s the cluster keeps meanwhile (issue 4, point 8).
                                           [--rounds 1] [--json] [--keep]
     .venv/bin/python bench/dns_cluster.py --show result.json
 
-Starts a fresh durable local cluster of real `registry agent` processes (bench/writes.py's
+Starts a fresh durable local cluster of real `registry agent` processes (bench/cluster.py's
 `LocalCluster`: free loopback ports away from the `registry up` ones, a temporary data directory),
 registers --names services with each --instances count (``q1-s0`` ... with 1 instance each,
 ``q10-s0`` ... with 10), checks that the chosen node's DNS answers every one of them with the
@@ -18,7 +18,7 @@ after the other, so that each pair is measured side by side on the same (noisy) 
                     closed loop with --window queries outstanding (bench/dns_load.py's
                     generators: dnsperf when installed, else the builtin one);
 - ``writes``:       the writers alone: --clients closed-loop clients registering new instances
-                    through every node (bench/writes.py's `run_load`, the same workload);
+                    through every node (bench/load.py's `run_load`, writes.py's workload);
 - ``dns+writes``:   both at once, over the same window;
 - ``dns/2+writes``: (dnsperf only) the DNS load capped at half the rate ``dns`` just reached
                     (the issue's "under 1% loss at half that rate"), with the writers.
@@ -34,15 +34,11 @@ stderr, and always stops the cluster, also on Ctrl-C. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
-import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,102 +50,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnslib import QTYPE, RCODE, DNSRecord  # noqa: E402
 
 from bench import dns_load  # noqa: E402
-from bench.cluster import (  # noqa: E402
-    LocalCluster,
-    _no_nan,
-    bench_root,
-    fsync_probe,
-    machine_info,
-    proc_cpu_s,
-    stop_on_signals,
+from bench.cluster import LocalCluster, Probe  # noqa: E402
+from bench.load import Registrations, fill, procs_for, run_load  # noqa: E402
+from bench.script import (  # noqa: E402
+    add_options, bench_root, fsync_probe, loadavg, machine_info, main_frame, new_parser, num, numbers, positive_procs,
+    print_header, reporter,
 )
-from bench.writes import (  # noqa: E402
-    CLIENT_TIMEOUT_S,
-    Probe,
-    _num,
-    _output,
-    default_procs,
-    rotate,
-    run_load,
-)
-from registry.client import Client, RegistryError, Unavailable  # noqa: E402
+from bench.window import Window, other_pct  # noqa: E402
+from registry.client import Client  # noqa: E402
 
 DOMAIN = "registry."  # the agent's default --domain
 READY_WAIT_S = 20.0  # for the registered names to be served by the node's DNS
+REGISTER_THREADS = 16
 
-
-def progress(message: str) -> None:
-    print(f"[dns_cluster] {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# The node's DNS child process
-
-
-def dns_child_pid(agent_pid: int, timeout_s: float = 10.0) -> int:
-    """The PID of the agent's DNS child (``python -m registry_dns.process``), from /proc: the
-    process whose parent is the agent (/proc/PID/task/*/children is not always compiled in)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if ppid != agent_pid:
-                    continue
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    if b"registry_dns.process" in f.read():
-                        return int(entry.name)
-            except (OSError, ValueError, IndexError):
-                continue
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no DNS child process of the agent {agent_pid} found")
-        time.sleep(0.1)
-
-
-def kernel_jiffies() -> tuple[int, int, int]:
-    """(irq + softirq, steal, all) jiffies of the whole machine, from /proc/stat: the kernel's
-    interrupt work (loopback networking runs in softirq, charged to no process) and the time the
-    hypervisor took."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return v[5] + v[6], v[7], sum(v)
-
-
-class CpuWindow:
-    """CPU seconds of some processes between ``open`` and ``close`` (a process that exits in
-    between counts as 0)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.t0 = self.t1 = 0.0
-        self.cpu0: dict[str, float] = {}
-        self.cpu1: dict[str, float] = {}
-        self.kernel0 = self.kernel1 = (0, 0, 0)
-
-    def _sample(self) -> dict[str, float]:
-        out = {}
-        for name, pid in self.pids.items():
-            with contextlib.suppress(OSError):
-                out[name] = proc_cpu_s(pid)
-        return out
-
-    def open(self) -> None:
-        self.t0, self.cpu0, self.kernel0 = time.monotonic(), self._sample(), kernel_jiffies()
-
-    def close(self) -> None:
-        self.t1, self.cpu1, self.kernel1 = time.monotonic(), self._sample(), kernel_jiffies()
-
-    def kernel_pct(self) -> tuple[float, float]:
-        """(irq + softirq, steal) in % of one core over the window."""
-        irq, steal, total = (b - a for a, b in zip(self.kernel0, self.kernel1, strict=True))
-        cores = os.cpu_count() or 1
-        return (round(100 * cores * irq / total, 1), round(100 * cores * steal / total, 1)) if total else (0.0, 0.0)
-
-    def seconds(self) -> dict[str, float]:
-        return {n: self.cpu1[n] - self.cpu0[n] for n in self.cpu1 if n in self.cpu0}
+progress = reporter("dns_cluster")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,28 +78,16 @@ def qname(count: int, n: int) -> str:
     return f"{service_name(count, n)}.service.{DOMAIN}"
 
 
-def register_services(servers: list[str], names: int, counts: Sequence[int], threads: int = 16) -> int:
+def register_services(servers: list[str], names: int, counts: Sequence[int]) -> int:
     """Registers ``names`` services of each count of instances (``count`` distinct addresses,
-    port 8080), in ``threads`` client threads; returns the number of writes."""
+    port 8080) from REGISTER_THREADS client threads; returns the number of writes."""
     jobs = [(service_name(c, n), f"172.{16 + i}.{n >> 8 & 0xFF}.{n & 0xFF}")
             for c in counts for n in range(names) for i in range(c)]
-    errors: list[BaseException] = []
 
-    def work(k: int) -> None:
-        try:
-            with Client(rotate(servers, k), timeout_s=CLIENT_TIMEOUT_S) as client:
-                for service, address in jobs[k::threads]:
-                    client.register(service, address, 8080)
-        except BaseException as exc:  # noqa: BLE001 (reported by the caller)
-            errors.append(exc)
+    def register(client: Client, j: int) -> None:
+        client.register(*jobs[j], 8080)
 
-    pool = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise RuntimeError(f"registering the DNS benchmark's services failed: {errors[0]!r}")
+    fill(servers, REGISTER_THREADS, len(jobs), register, what="registering the DNS benchmark's services")
     return len(jobs)
 
 
@@ -222,14 +124,10 @@ def dns_load_fn(tool: str, dns: str, qnames: list[str], seconds: float, window: 
     port = int(port_text)
 
     def run() -> dict[str, Any]:
-        if tool == "dnsperf":
-            r = dns_load.dnsperf_load(port, qnames, seconds, window, max_qps, host=host)
-            r["loadgen_cpu_s"] = r.pop("cpu_s")
-            return r
-        assert max_qps is None, "the builtin generator has no rate limit"
         cpu0 = time.thread_time()
-        r = dns_load.builtin_load(port, qnames, seconds, window)
-        r["loadgen_cpu_s"] = round(time.thread_time() - cpu0, 2)
+        r = dns_load.load(tool, port, qnames, seconds, window, max_qps, host=host)
+        # dnsperf's own CPU time (from wait4), or this thread's: the builtin generator runs in it
+        r["loadgen_cpu_s"] = r.pop("cpu_s") if tool == "dnsperf" else round(time.thread_time() - cpu0, 2)
         return r
 
     return run
@@ -239,8 +137,7 @@ def run_phase(cluster: LocalCluster, phase: str, *, node: str, dns_pids: dict[st
               writers: int, procs: int, run: int, seconds: float) -> dict[str, Any]:
     """One window: the DNS load, the writers, or both at once; the counters over the window."""
     probe = Probe(cluster)
-    probe.before()
-    children = CpuWindow(dns_pids)
+    children = Window(dns_pids)
     out: dict[str, Any] = {"dns": None, "writes": None}
     failure: list[BaseException] = []
 
@@ -251,11 +148,11 @@ def run_phase(cluster: LocalCluster, phase: str, *, node: str, dns_pids: dict[st
             failure.append(exc)
 
     def window_open() -> None:
-        probe.window_open()
+        probe.open()
         children.open()
 
     def window_close() -> None:
-        probe.window_close()
+        probe.close()
         children.close()
 
     if writers:
@@ -266,7 +163,8 @@ def run_phase(cluster: LocalCluster, phase: str, *, node: str, dns_pids: dict[st
             if thread is not None:
                 thread.start()
 
-        w = run_load(cluster.servers, run, writers, seconds, procs, on_start=on_start, on_end=window_close)
+        w = run_load(Registrations(), cluster.servers, run, writers, seconds, procs, on_start=on_start,
+                     on_end=window_close)
         if thread is not None:
             thread.join()
         out["writes"] = w
@@ -277,10 +175,10 @@ def run_phase(cluster: LocalCluster, phase: str, *, node: str, dns_pids: dict[st
     if failure:
         raise failure[0]
     after = probe.after(out["writes"]["writes"] if out["writes"] else 0)
-    elapsed = probe.t1 - probe.t0
-    child_cpu = children.seconds()
+    elapsed = children.elapsed
+    child_cpu = children.cpu_s()
     agents = after["nodes"]
-    pct = lambda s: round(100 * s / elapsed, 1)  # noqa: E731
+    pct = children.pct
     cpu = {
         "dns_child": pct(child_cpu.get(node, 0.0)),
         "agent": agents[node]["cpu_pct"],
@@ -291,15 +189,13 @@ def run_phase(cluster: LocalCluster, phase: str, *, node: str, dns_pids: dict[st
         "machine": after["machine_cpu_pct"],
     }
     cpu["irq"], cpu["steal"] = children.kernel_pct()
-    ours = sum(v for k, v in cpu.items() if k != "machine" and v is not None)
-    cpu["other"] = round(max(0.0, cpu["machine"] - ours), 1) if cpu["machine"] is not None else None
+    cpu["other"] = other_pct(cpu["machine"], *(v for k, v in cpu.items() if k != "machine"))
     row: dict[str, Any] = {"phase": phase, "window_s": round(elapsed, 2), "cpu_pct": cpu,
                            "node_role": agents[node].get("role"), "leader": after["leader"],
                            "elections": after["elections"], "nodes": agents}
     if out["dns"] is not None:
         d = out["dns"]
-        child_s = child_cpu.get(node, 0.0)
-        d["qps_per_dns_core"] = round(d["answered"] / child_s) if child_s > 0 else None
+        d["qps_per_dns_core"] = dns_load.per_cpu_s(d["answered"], child_cpu.get(node, 0.0))
         row["dns"] = d
     if out["writes"] is not None:
         w = out["writes"]
@@ -355,20 +251,13 @@ PHASE_LABELS = {"dns": "dns alone", "writes": "writes alone", "dns+writes": "dns
 
 
 def _c(value: Any, spec: str = ".0f") -> str:
-    if value is None:
-        return "-"
-    return _num(float(value), spec)
+    return num(value, spec)
 
 
 def print_table(r: dict[str, Any]) -> None:
     m, cfg, cl = r["machine"], r["config"], r["cluster"]
-    print(f"registry DNS benchmark: {cfg['nodes']} durable nodes on loopback, {m['cpus']} CPUs (shared: other "
-          f"people's processes run too), load average {m['loadavg_before'][0]:g} before and "
-          f"{m.get('loadavg_after', ['?'])[0]} after, data on {m['data_filesystem']}")
-    if "disk_before" in r:
-        b, a = r["disk_before"], r.get("disk_after") or {}
-        print(f"disk: a durable LMDB commit (bench/storage.py) took p50 {b['p50_ms']:.2f} ms / p99 {b['p99_ms']:.2f} ms "
-              f"before the run and p50 {_c(a.get('p50_ms'), '.2f')} / p99 {_c(a.get('p99_ms'), '.2f')} ms after")
+    print_header(r, f"registry DNS benchmark: {cfg['nodes']} durable nodes on loopback",
+                 aside=" (shared: other people's processes run too)")
     print(f"DNS of {cl['dns_node']} ({cl['dns_node_role_at_start']}, {cl['nodes'][cl['dns_node']]['dns']}) loaded by "
           f"{r['tool_version']} with {cfg['window']} queries outstanding, A queries round-robin over "
           f"{cfg['names']} names; {cfg['clients']} writer clients in {cfg['procs']} process(es); "
@@ -454,44 +343,30 @@ def print_table(r: dict[str, Any]) -> None:
         print("note: " + n)
 
 
-# ---------------------------------------------------------------------------------------------
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
     parser.add_argument("--names", type=int, default=100, help="services registered per instance count (default 100)")
-    parser.add_argument("--instances", default="1,10", help="instances per service, comma-separated (default 1,10)")
+    parser.add_argument("--instances", dest="counts", metavar="INSTANCES", type=numbers, default="1,10",
+                        help="instances per service, comma-separated (default 1,10)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each phase (default 5)")
     parser.add_argument("--clients", type=int, default=64, help="writer clients (default 64: full speed)")
-    parser.add_argument("--procs", default="auto", help="worker processes for the writers: a number or auto")
+    parser.add_argument("--procs", default="auto", type=positive_procs,
+                        help="worker processes for the writers: a number or auto")
     parser.add_argument("--node", default="leader", help="whose DNS is loaded: leader, follower or a node name (n1...)")
     parser.add_argument("--tool", choices=["auto", "dnsperf", "builtin"], default="auto",
                         help="DNS load generator (auto: dnsperf if installed, else builtin)")
     parser.add_argument("--window", type=int, default=200, help="DNS queries outstanding (default 200)")
     parser.add_argument("--no-half", action="store_true", help="skip the dns/2+writes phase (dnsperf only)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the phases R times, every second round reversed")
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="parent of the temporary cluster directory (default: the system temp dir)")
-    parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for every agent (repeat)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--keep", action="store_true", help="keep the data directories and node logs")
-    parser.add_argument("--show", type=Path, metavar="FILE", help="print the table of a saved --json result and exit")
+    add_options(parser)
     args = parser.parse_args(argv)
-    try:
-        args.counts = [int(c) for c in args.instances.split(",") if c.strip()]
-    except ValueError:
-        parser.error(f"--instances: expected numbers like 1,10, got {args.instances!r}")
     if not args.counts or any(not 1 <= c <= 200 for c in args.counts) or len(set(args.counts)) != len(args.counts):
         parser.error("--instances: distinct counts of 1-200")
     if not 1 <= args.nodes <= 9 or not 1 <= args.names <= 65536 or not 1 <= args.clients <= 1024:
         parser.error("--nodes must be 1-9, --names 1-65536 and --clients 1-1024")
     if args.rounds < 1 or args.seconds <= 0 or args.window < 1:
         parser.error("--rounds, --seconds and --window must be positive")
-    if args.procs != "auto" and not (args.procs.isdigit() and int(args.procs) >= 1):
-        parser.error("--procs: a positive number or auto")
     return args
 
 
@@ -514,21 +389,20 @@ def tool_version(tool: str) -> str:
     return f"dnsperf {version}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.show is not None:
-        return _output(lambda: print_table(json.loads(args.show.read_text())))
-    tool = args.tool
+def pick_tool(tool: str) -> str:
+    """--tool: auto is dnsperf when installed, else the builtin generator."""
     if tool == "auto":
         tool = "dnsperf" if shutil.which("dnsperf") else "builtin"
         if tool == "builtin":
             progress("dnsperf not installed (apt-get install -y dnsperf): the builtin generator instead")
     elif tool == "dnsperf" and shutil.which("dnsperf") is None:
-        progress("error: dnsperf not installed (apt-get install -y dnsperf)")
-        return 1
-    procs = default_procs(args.clients) if args.procs == "auto" else int(args.procs)
+        raise RuntimeError("dnsperf not installed (apt-get install -y dnsperf)")
+    return tool
 
-    stop_on_signals()
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    tool = pick_tool(args.tool)
+    procs = procs_for(args.procs, args.clients)
     root, fs = bench_root("registry-bench-dns-", args.dir, progress)
     phases = ["dns", "writes", "dns+writes"] + ([] if tool != "dnsperf" or args.no_half else ["dns/2+writes"])
     result: dict[str, Any] = {
@@ -539,93 +413,88 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "window": args.window, "rounds": args.rounds, "phases": phases, "agent_args": args.agent_arg},
     }
     runs = itertools.count(1)
+    progress("disk: 1 s of durable LMDB commits (bench/storage.py)")
+    result["disk_before"] = fsync_probe(root)
+    with LocalCluster(args.nodes, root, keep=args.keep, agent_args=args.agent_arg) as cluster:
+        progress(f"starting {args.nodes} agents in {root} ({fs}); DNS ports "
+                 + ", ".join(a.dns for a in cluster.agents.values()))
+        t0 = time.monotonic()
+        cluster.start()
+        leader = cluster.wait_leader()
+        node = pick_node(cluster, leader.node, args.node)
+        dns_pids = cluster.dns_pids()
+        dns_address = cluster.agents[node].dns
+        result["cluster"] = {
+            "leader": leader.node, "term": leader.term, "leader_after_s": round(time.monotonic() - t0, 2),
+            "dns_node": node, "dns_node_role_at_start": "leader" if node == leader.node else "follower",
+            "nodes": {n: {"pid": a.pid, "dns_pid": dns_pids[n], "raft": a.raft, "client": a.client, "dns": a.dns}
+                      for n, a in cluster.agents.items()}}
+        progress(f"leader {leader.node} (term {leader.term}); loading the DNS of {node} at {dns_address}")
+
+        progress(f"registering {args.names} services with {'/'.join(map(str, args.counts))} instance(s) each")
+        t1 = time.monotonic()
+        result["registered"] = register_services(cluster.servers, args.names, args.counts)
+        wait_served(dns_address, args.names, args.counts)
+        progress(f"  {result['registered']} writes, served by {node}'s DNS after {time.monotonic() - t1:.1f} s")
+
+        instances = result["registered"]  # in the catalogue: each write adds one
+        rows: list[dict[str, Any]] = []
+        result["phases"], result["summary"] = rows, []
+        for count in args.counts:
+            qnames = [qname(count, n) for n in range(args.names)]
+            per_round: list[dict[str, Any]] = []
+            idle_qps: int | None = None
+            for rnd in range(1, args.rounds + 1):
+                order = phases if rnd % 2 else phases[::-1]
+                mine: list[dict[str, Any]] = []
+                for phase in order:
+                    cap = None
+                    if phase == "dns/2+writes":
+                        if idle_qps is None:  # reversed round first: only once a dns phase ran
+                            continue
+                        cap = max(1, idle_qps // 2)
+                    load = (dns_load_fn(tool, dns_address, qnames, args.seconds, args.window, cap)
+                            if phase != "writes" else None)
+                    progress(f"{count} instance(s), round {rnd}: {phase} for {args.seconds:g} s"
+                             + (f" (DNS capped at {cap} q/s)" if cap else ""))
+                    row = run_phase(cluster, phase, node=node, dns_pids=dns_pids, dns=load,
+                                    writers=args.clients if "writes" in phase else 0, procs=procs,
+                                    run=next(runs), seconds=args.seconds)
+                    row.update(instances=count, round=rnd, order=len(mine) + 1, catalogue_before=instances)
+                    if row.get("writes"):
+                        instances += row["writes"]["writes"] + row["writes"]["late"]
+                    if phase == "dns":
+                        idle_qps = row["dns"]["qps"]
+                    d, w, c = row.get("dns"), row.get("writes"), row["cpu_pct"]
+                    progress("  " + ", ".join(filter(None, [
+                        d and f"DNS {d['qps']} q/s p50 {_c(d['p50_ms'], '.2f')} p99 {_c(d['p99_ms'], '.2f')} ms "
+                              f"loss {d['loss_pct']}%",
+                        w and f"{w['writes_per_s']:.0f} writes/s p99 {_c(w['p99_ms'], '.1f')} ms",
+                        f"CPU: DNS {_c(c['dns_child'])}% agent {_c(c['agent'])}% machine {_c(c['machine'])}% "
+                        f"(other {_c(c['other'])}%)"])))
+                    mine.append(row)
+                rows.extend(sorted(mine, key=lambda r: phases.index(r["phase"])))
+                ratios = compare(mine)
+                per_round.append(ratios)
+                result["summary"].append({"instances": count, "round": rnd, "ratios": ratios})
+            if args.rounds > 1:
+                result["summary"].append({"instances": count, "round": "median",
+                                          "ratios": median_summary(per_round)})
+
+        result["machine"]["loadavg_after"] = loadavg()
+        progress("disk: 1 s of durable LMDB commits again (the cluster idle)")
+        result["disk_after"] = fsync_probe(root)
+        result["memory"] = cluster.memory()
+        result["instances"] = instances
+        progress("stopping the cluster")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        progress("disk: 1 s of durable LMDB commits (bench/storage.py)")
-        result["disk_before"] = fsync_probe(root)
-        with LocalCluster(args.nodes, root, keep=args.keep, agent_args=args.agent_arg) as cluster:
-            progress(f"starting {args.nodes} agents in {root} ({fs}); DNS ports "
-                     + ", ".join(a.dns for a in cluster.agents.values()))
-            t0 = time.monotonic()
-            cluster.start()
-            leader = cluster.wait_leader()
-            node = pick_node(cluster, leader.node, args.node)
-            dns_pids = {n: dns_child_pid(a.pid) for n, a in cluster.agents.items()}
-            dns_address = cluster.agents[node].dns
-            result["cluster"] = {
-                "leader": leader.node, "term": leader.term, "leader_after_s": round(time.monotonic() - t0, 2),
-                "dns_node": node, "dns_node_role_at_start": "leader" if node == leader.node else "follower",
-                "nodes": {n: {"pid": a.pid, "dns_pid": dns_pids[n], "raft": a.raft, "client": a.client, "dns": a.dns}
-                          for n, a in cluster.agents.items()}}
-            progress(f"leader {leader.node} (term {leader.term}); loading the DNS of {node} at {dns_address}")
-
-            progress(f"registering {args.names} services with {'/'.join(map(str, args.counts))} instance(s) each")
-            t1 = time.monotonic()
-            result["registered"] = register_services(cluster.servers, args.names, args.counts)
-            wait_served(dns_address, args.names, args.counts)
-            progress(f"  {result['registered']} writes, served by {node}'s DNS after {time.monotonic() - t1:.1f} s")
-
-            instances = result["registered"]  # in the catalogue: each write adds one
-            rows: list[dict[str, Any]] = []
-            result["phases"], result["summary"] = rows, []
-            for count in args.counts:
-                qnames = [qname(count, n) for n in range(args.names)]
-                per_round: list[dict[str, Any]] = []
-                idle_qps: int | None = None
-                for rnd in range(1, args.rounds + 1):
-                    order = phases if rnd % 2 else phases[::-1]
-                    mine: list[dict[str, Any]] = []
-                    for phase in order:
-                        cap = None
-                        if phase == "dns/2+writes":
-                            if idle_qps is None:  # reversed round first: only once a dns phase ran
-                                continue
-                            cap = max(1, idle_qps // 2)
-                        load = (dns_load_fn(tool, dns_address, qnames, args.seconds, args.window, cap)
-                                if phase != "writes" else None)
-                        progress(f"{count} instance(s), round {rnd}: {phase} for {args.seconds:g} s"
-                                 + (f" (DNS capped at {cap} q/s)" if cap else ""))
-                        row = run_phase(cluster, phase, node=node, dns_pids=dns_pids, dns=load,
-                                        writers=args.clients if "writes" in phase else 0, procs=procs,
-                                        run=next(runs), seconds=args.seconds)
-                        row.update(instances=count, round=rnd, order=len(mine) + 1, catalogue_before=instances)
-                        if row.get("writes"):
-                            instances += row["writes"]["writes"] + row["writes"]["late"]
-                        if phase == "dns":
-                            idle_qps = row["dns"]["qps"]
-                        d, w, c = row.get("dns"), row.get("writes"), row["cpu_pct"]
-                        progress("  " + ", ".join(filter(None, [
-                            d and f"DNS {d['qps']} q/s p50 {_c(d['p50_ms'], '.2f')} p99 {_c(d['p99_ms'], '.2f')} ms "
-                                  f"loss {d['loss_pct']}%",
-                            w and f"{w['writes_per_s']:.0f} writes/s p99 {_c(w['p99_ms'], '.1f')} ms",
-                            f"CPU: DNS {_c(c['dns_child'])}% agent {_c(c['agent'])}% machine {_c(c['machine'])}% "
-                            f"(other {_c(c['other'])}%)"])))
-                        mine.append(row)
-                    rows.extend(sorted(mine, key=lambda r: phases.index(r["phase"])))
-                    ratios = compare(mine)
-                    per_round.append(ratios)
-                    result["summary"].append({"instances": count, "round": rnd, "ratios": ratios})
-                if args.rounds > 1:
-                    result["summary"].append({"instances": count, "round": "median",
-                                              "ratios": median_summary(per_round)})
-
-            result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-            progress("disk: 1 s of durable LMDB commits again (the cluster idle)")
-            result["disk_after"] = fsync_probe(root)
-            result["memory"] = cluster.memory()
-            result["instances"] = instances
-            progress("stopping the cluster")
-    except KeyboardInterrupt:
-        progress("interrupted: the cluster was stopped")
-        return 130
-    except (RuntimeError, Unavailable, RegistryError) as exc:
-        progress(f"error: {exc}")
-        return 1
-    finally:
+        return main_frame(parse_args(argv), print_table, run, progress)
+    finally:  # the dnsperf processes and their query files, also after Ctrl-C
         dns_load.cleanup()
-    if args.json:
-        return _output(lambda: print(json.dumps(_no_nan(result), indent=2 if sys.stdout.isatty() else None,
-                                                allow_nan=False)))
-    return _output(lambda: print_table(result))
 
 
 if __name__ == "__main__":

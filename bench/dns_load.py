@@ -29,21 +29,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
+import functools
 import importlib.util
 import json
-import math
 import os
 import re
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +51,14 @@ sys.path.insert(0, str(ROOT))
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord  # noqa: E402
 
+from bench.proc import die_with_parent  # noqa: E402
+from bench.window import Latencies, Window  # noqa: E402
 from registry.catalogue import CatalogueView, Register, Request, encode_request  # noqa: E402
 from registry_dns.process import DnsProcess  # noqa: E402
 
 HOST = "127.0.0.1"
 LOADGENS: set[subprocess.Popen[bytes]] = set()  # dnsperf processes running now, and
 DATAFILES: set[str] = set()  # their query files: cleanup() removes both (a thread may be cut short)
-
-try:  # NB: loaded here, so that the child between fork and exec only calls a function
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _PRCTL = None
-
-
-def _die_with_parent() -> None:
-    """In dnsperf: SIGTERM when the thread that started it dies (Linux PR_SET_PDEATHSIG)."""
-    if _PRCTL is not None:
-        _PRCTL(1, int(signal.SIGTERM))
-
 
 def cleanup() -> None:
     """Kill the dnsperf processes still running and remove their query files (on Ctrl-C)."""
@@ -240,23 +229,17 @@ def builtin_load(port: int, qnames: list[str], seconds: float, window: int) -> d
     in_flight = len(sent_at)  # sent in the last moments: neither answered nor lost
     sent -= in_flight
     sock.close()
-    latencies.sort()
+    percentiles = Latencies(latencies)
 
     def pct(p: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 3) if latencies else 0.0
+        return round(percentiles.pct(p, empty=0.0), 3)  # type: ignore[arg-type]
 
     return {
         "tool": "builtin", "seconds": round(elapsed, 2), "window": window, "sent": sent,
         "answered": len(latencies), "lost": lost, "loss_pct": round(100 * lost / sent, 3) if sent else 0.0,
-        "qps": round(len(latencies) / elapsed), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+        "qps": round(len(latencies) / elapsed), "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": pct(100),
         "error_rcodes": rcode_errors,
     }  # fmt: skip
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def dnsperf_load(port: int, qnames: list[str], seconds: float, window: int, max_qps: int | None = None,
@@ -279,7 +262,7 @@ def dnsperf_load(port: int, qnames: list[str], seconds: float, window: int, max_
     out_file = tempfile.TemporaryFile("w+")
     try:
         proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
         LOADGENS.add(proc)
         watchdog = threading.Timer(seconds + 30, proc.kill)
         watchdog.start()
@@ -318,20 +301,44 @@ def dnsperf_load(port: int, qnames: list[str], seconds: float, window: int, max_
     m = re.search(r"Average Latency \(s\):\s+([\d.]+) \(min ([\d.]+), max ([\d.]+)\)", out)
     codes = re.search(r"Response codes:\s+(.*)", out)
     rcodes = {k: int(v) for k, v in re.findall(r"([A-Z]+) (\d+) \(", codes.group(1))} if codes else {}
-    latencies.sort()
+    percentiles = Latencies(latencies)
 
-    def pct(p: float) -> float | None:  # nearest rank, as bench/writes.py's Latencies
-        return round(latencies[max(1, math.ceil(p * len(latencies))) - 1] * 1000, 3) if latencies else None
+    def pct(p: float) -> float | None:
+        value = percentiles.pct(p, empty=None)
+        return None if value is None else round(value, 3)
 
     return {
         "tool": "dnsperf", "seconds": seconds, "window": window, "max_qps": max_qps, "sent": int(sent),
         "answered": int(completed), "lost": int(lost), "loss_pct": round(100 * lost / sent, 3) if sent else 0.0,
-        "qps": round(num("Queries per second")), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+        "qps": round(num("Queries per second")), "p50_ms": pct(50), "p99_ms": pct(99),
         "avg_ms": round(float(m.group(1)) * 1000, 3) if m else None,
         "max_ms": round(float(m.group(3)) * 1000, 3) if m else None,
         "error_rcodes": sum(n for code, n in rcodes.items() if code != "NOERROR"), "rcodes": rcodes,
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
     }  # fmt: skip
+
+
+def load(tool: str, port: int, qnames: list[str], seconds: float, window: int, max_qps: int | None = None,
+         *, host: str | None = None) -> dict[str, Any]:
+    """One DNS load of ``tool`` (builtin or dnsperf; only dnsperf can cap the rate)."""
+    if tool == "dnsperf":
+        return dnsperf_load(port, qnames, seconds, window, max_qps, host=host)
+    assert max_qps is None, "the builtin generator has no rate limit"
+    return builtin_load(port, qnames, seconds, window)
+
+
+def with_server_cpu(pid: int, run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], Window]:
+    """``run()``'s result, and a `Window` of the DNS server ``pid`` (as "server") around it."""
+    window = Window({"server": pid})
+    window.open()
+    result = run()
+    window.close()
+    return result, window
+
+
+def per_cpu_s(answered: int, cpu_s: float) -> int | None:
+    """Answers per CPU-second of the server ("queries per core")."""
+    return round(answered / cpu_s) if cpu_s > 0 else None
 
 
 def main() -> int:
@@ -369,18 +376,17 @@ def main() -> int:
                 if tool == "dnsperf":
                     loads.append((tool, -1))  # at half the rate just measured
             for tool, limit in loads:
-                cpu0 = cpu_seconds(process.pid) if process is not None and process.pid else None
-                if tool == "builtin":
-                    result = builtin_load(port, qnames, args.seconds, args.window)
+                if limit == -1:
+                    limit = max(1, results[-1]["qps"] // 2)
+                run = functools.partial(load, tool, port, qnames, args.seconds, args.window, limit)
+                if process is None or not process.pid:
+                    result = run()
                 else:
-                    if limit == -1:
-                        limit = max(1, results[-1]["qps"] // 2)
-                    result = dnsperf_load(port, qnames, args.seconds, args.window, max_qps=limit)
-                if cpu0 is not None and process is not None and process.pid:
-                    cpu = cpu_seconds(process.pid) - cpu0
+                    result, window = with_server_cpu(process.pid, run)
+                    cpu = window.cpu_s().get("server", 0.0)
                     # NB: the machine may be shared; CPU time per answer is the robust number
                     result["dns_cpu_s"] = round(cpu, 2)
-                    result["qps_per_dns_core"] = round(result["answered"] / cpu) if cpu > 0 else None
+                    result["qps_per_dns_core"] = per_cpu_s(result["answered"], cpu)
                 results.append({"run": label, **result})
             if process is not None:
                 process.flush()

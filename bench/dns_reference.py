@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import statistics
 import subprocess
@@ -33,14 +32,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import dns_load  # noqa: E402
-from bench.cluster import _die_with_parent, _no_nan, machine_info, pick_ports, proc_cpu_s  # noqa: E402
-from bench.writes import _output  # noqa: E402
+from bench.cluster import pick_ports  # noqa: E402
+from bench.proc import die_with_parent  # noqa: E402
+from bench.script import add_options, machine_info, main_frame, new_parser, reporter  # noqa: E402
 
 DOMAIN = "registry"
 
 
-def progress(message: str) -> None:
-    print(f"[dns_reference] {message}", file=sys.stderr, flush=True)
+progress = reporter("dns_reference")
 
 
 def find_dnsmasq() -> str | None:
@@ -57,7 +56,7 @@ def start_dnsmasq(binary: str, names: int, root: Path) -> tuple[subprocess.Popen
            "--local-ttl=30", f"--local=/{DOMAIN}/", "--user=root", "--pid-file=", "--log-facility=-",
            "--conf-file=/dev/null"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=die_with_parent)
     time.sleep(0.3)
     if proc.poll() is not None:
         raise RuntimeError(f"dnsmasq exited: {proc.stderr.read().decode(errors='replace') if proc.stderr else ''}")
@@ -65,16 +64,10 @@ def start_dnsmasq(binary: str, names: int, root: Path) -> tuple[subprocess.Popen
 
 
 def measure(pid: int, port: int, qnames: list[str], seconds: float, window: int, tool: str) -> dict[str, Any]:
-    cpu0 = proc_cpu_s(pid)
-    t0 = time.monotonic()
-    if tool == "dnsperf":
-        r = dns_load.dnsperf_load(port, qnames, seconds, window)
-    else:
-        r = dns_load.builtin_load(port, qnames, seconds, window)
-    cpu = proc_cpu_s(pid) - cpu0
-    elapsed = time.monotonic() - t0
-    r["server_cpu_pct"] = round(100 * cpu / elapsed, 1)
-    r["qps_per_cpu_s"] = round(r["answered"] / cpu) if cpu > 0 else None
+    r, w = dns_load.with_server_cpu(pid, lambda: dns_load.load(tool, port, qnames, seconds, window))
+    cpu = w.cpu_s().get("server", 0.0)
+    r["server_cpu_pct"] = w.pct(cpu)
+    r["qps_per_cpu_s"] = dns_load.per_cpu_s(r["answered"], cpu)
     return r
 
 
@@ -108,23 +101,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--names", type=int, default=100, help="names (services of one instance) (default 100)")
-    p.add_argument("--seconds", type=float, default=5.0, help="length of each run (default 5)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds, alternating which server goes first (default 2)")
-    p.add_argument("--window", type=int, default=200, help="queries outstanding (default 200)")
-    p.add_argument("--tool", choices=["auto", "dnsperf", "builtin"], default="auto")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--show", type=Path, metavar="FILE", help="print the table of a saved --json result and exit")
-    args = p.parse_args(argv)
-    if args.show is not None:
-        return _output(lambda: print_table(json.loads(args.show.read_text())))
+def run(args: argparse.Namespace) -> dict[str, Any]:
     tool = args.tool if args.tool != "auto" else ("dnsperf" if shutil.which("dnsperf") else "builtin")
     binary = find_dnsmasq()
     if binary is None:
-        progress("dnsmasq not found: apt-get install -y dnsmasq-base")
-        return 1
+        raise RuntimeError("dnsmasq not found: apt-get install -y dnsmasq-base")
     root = Path(tempfile.mkdtemp(prefix="registry-bench-dnsref-"))
     result: dict[str, Any] = {"benchmark": "dns_reference", "format": 1, "machine": machine_info(root),
                               "config": {"names": args.names, "seconds": args.seconds, "rounds": args.rounds,
@@ -145,8 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs.append(row)
         result["runs"] = runs
         result["summary"] = summarise(runs)
-    except KeyboardInterrupt:
-        return 130
     finally:
         dns_load.cleanup()
         if registry is not None:
@@ -156,9 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 dnsmasq.wait(timeout=5)
         shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        return _output(lambda: print(json.dumps(_no_nan(result), allow_nan=False)))
-    return _output(lambda: print_table(result))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = new_parser(__doc__)
+    p.add_argument("--names", type=int, default=100, help="names (services of one instance) (default 100)")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each run (default 5)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds, alternating which server goes first (default 2)")
+    p.add_argument("--window", type=int, default=200, help="queries outstanding (default 200)")
+    p.add_argument("--tool", choices=["auto", "dnsperf", "builtin"], default="auto")
+    add_options(p, cluster=False)
+    return main_frame(p.parse_args(argv), print_table, run, progress, interrupted="interrupted")
 
 
 if __name__ == "__main__":

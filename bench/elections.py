@@ -3,7 +3,7 @@
     .venv/bin/python bench/elections.py [--seconds 600] [--clients 64] [--json] [--keep]
 
 Starts a fresh durable cluster (bench/cluster.py's `LocalCluster`), waits for a leader, then
---clients closed-loop clients (bench/writes.py's `run_load`, spread over every node) write for
+--clients closed-loop clients (bench/load.py's `run_load`, spread over every node) write for
 --seconds with no fault injected, while this process asks every node for its `status` every
 --poll seconds. Any term change or leader change seen during the window is spurious: nothing
 was killed, paused or cut off, so only a leader missing its heartbeats (a starved event loop, a
@@ -23,11 +23,7 @@ stdout or one JSON object with --json; progress on stderr; the cluster is always
 from __future__ import annotations
 
 import argparse
-import itertools
-import os
-import json
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -36,35 +32,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cluster import (  # noqa: E402
-    LocalCluster,
-    _no_nan,
-    bench_root,
-    fsync_probe,
-    machine_info,
-    stop_on_signals,
+from bench.cluster import LocalCluster, Probe  # noqa: E402
+from bench.load import Registrations, procs_for, run_load  # noqa: E402
+from bench.script import (  # noqa: E402
+    add_options, bench_root, fsync_probe, loadavg, machine_info, main_frame, new_parser, positive_procs, reporter,
 )
-from bench.writes import Probe, _output, default_procs, run_load  # noqa: E402
 from registry.client import NodeStatus, RegistryError  # noqa: E402
 
 DISTINCT = 2000  # instances per client before a client wraps around (see the NB above)
 
-
-def progress(message: str) -> None:
-    print(f"[elections] {message}", file=sys.stderr, flush=True)
-
-
-def _wrapped_worker(*args: Any) -> None:
-    """bench/writes.py's worker, with each client's registrations wrapping at DISTINCT."""
-    import bench.writes as writes
-
-    original = writes.write_once
-
-    def write_once(client: Any, run: int, index: int, i: int) -> None:
-        original(client, run, index, i % DISTINCT)
-
-    writes.write_once = write_once  # NB: in this spawned worker process only
-    writes._worker(*args)
+progress = reporter("elections")
 
 
 class Watcher:
@@ -144,70 +121,53 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = new_parser(__doc__)
     p.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
     p.add_argument("--seconds", type=float, default=600.0, help="length of the full-load run (default 600)")
     p.add_argument("--clients", type=int, default=64, help="closed-loop writer clients (default 64)")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between status polls (default 0.5)")
-    p.add_argument("--procs", default="auto", help="client worker processes: a number or auto")
-    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="parent of the cluster directory")
-    p.add_argument("--agent-arg", action="append", default=[], metavar="ARG", help="extra argument for every agent")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--keep", action="store_true", help="keep the data directories and node logs")
-    p.add_argument("--show", type=Path, metavar="FILE", help="print the table of a saved --json result and exit")
+    p.add_argument("--procs", default="auto", type=positive_procs, help="client worker processes: a number or auto")
+    add_options(p)
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.show is not None:
-        return _output(lambda: print_table(json.loads(args.show.read_text())))
-    stop_on_signals()
+def run(args: argparse.Namespace) -> dict[str, Any]:
     root, fs = bench_root("registry-bench-elections-", args.dir, progress)
     result: dict[str, Any] = {"benchmark": "elections", "format": 1, "machine": machine_info(root),
                               "config": {"nodes": args.nodes, "seconds": args.seconds, "clients": args.clients,
                                          "poll_s": args.poll, "distinct_per_client": DISTINCT,
                                          "agent_args": args.agent_arg}}
-    runs = itertools.count(1)
-    try:
-        result["disk_before"] = fsync_probe(root)
-        with LocalCluster(args.nodes, root, keep=args.keep, agent_args=args.agent_arg) as cluster:
-            cluster.start()
-            leader = cluster.wait_leader()
-            progress(f"leader {leader.node} (term {leader.term}); {args.clients} clients for {args.seconds:g} s "
-                     f"({fs})")
-            watcher = Watcher(cluster, args.poll)
-            probe = Probe(cluster)
-            probe.before()
+    result["disk_before"] = fsync_probe(root)
+    with LocalCluster(args.nodes, root, keep=args.keep, agent_args=args.agent_arg) as cluster:
+        cluster.start()
+        leader = cluster.wait_leader()
+        progress(f"leader {leader.node} (term {leader.term}); {args.clients} clients for {args.seconds:g} s ({fs})")
+        watcher = Watcher(cluster, args.poll)
+        probe = Probe(cluster)
 
-            def on_start() -> None:
-                probe.window_open()
-                watcher.start()
+        def on_start() -> None:
+            probe.open()
+            watcher.start()
 
-            def on_end() -> None:
-                probe.window_close()
-                watcher.stop()
+        def on_end() -> None:
+            probe.close()
+            watcher.stop()
 
-            procs = default_procs(args.clients) if args.procs == "auto" else int(args.procs)
-            load = run_load(cluster.servers, next(runs), args.clients, args.seconds, procs,
-                            on_start=on_start, on_end=on_end, worker=_wrapped_worker,
-                            result_timeout_s=args.seconds + 60)
-            load.update(probe.after(load["writes"]))
-            result["writes"] = load
-            result["elections"] = watcher.summary()
-            result["memory"] = cluster.memory()
-            result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-            progress(f"{load['writes_per_s']:.0f} writes/s; term changes {result['elections']['term_changes']}, "
-                     f"leader changes {result['elections']['leader_changes']}")
-    except KeyboardInterrupt:
-        progress("interrupted: the cluster was stopped")
-        return 130
-    except (RuntimeError, RegistryError) as exc:
-        progress(f"error: {exc}")
-        return 1
-    if args.json:
-        return _output(lambda: print(json.dumps(_no_nan(result), allow_nan=False)))
-    return _output(lambda: print_table(result))
+        load = run_load(Registrations(distinct=DISTINCT), cluster.servers, 1, args.clients, args.seconds,
+                        procs_for(args.procs, args.clients), on_start=on_start, on_end=on_end,
+                        result_timeout_s=args.seconds + 60)
+        load.update(probe.after(load["writes"]))
+        result["writes"] = load
+        result["elections"] = watcher.summary()
+        result["memory"] = cluster.memory()
+        result["machine"]["loadavg_after"] = loadavg()
+        progress(f"{load['writes_per_s']:.0f} writes/s; term changes {result['elections']['term_changes']}, "
+                 f"leader changes {result['elections']['leader_changes']}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_frame(parse_args(argv), print_table, run, progress)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/failover.py [--trials 5] [--writers 4] [--interval 3] [--json] [--keep]
 
-Starts a fresh durable cluster of NODES `registry agent` processes (bench/writes.py's
+Starts a fresh durable cluster of NODES `registry agent` processes (bench/cluster.py's
 `LocalCluster`: free loopback ports, data in a new temporary directory), and WRITERS threads in
 this process, each a `registry.client.Client` starting at a different node (writer k at node
 k mod NODES), that register new instances one after the other for the whole run. Then, TRIALS
@@ -31,11 +31,8 @@ cluster is always stopped. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -45,63 +42,49 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cluster import (  # noqa: E402
-    LocalCluster,
-    _no_nan,
-    bench_root,
-    fsync_probe,
-    machine_info,
-    stop_on_signals,
+from bench.cluster import LocalCluster  # noqa: E402
+from bench.load import Registrations, closed_loop, error_name  # noqa: E402
+from bench.script import (  # noqa: E402
+    add_options, bench_root, fsync_probe, loadavg, machine_info, main_frame, new_parser, print_header, reporter,
 )
-from bench.writes import (  # noqa: E402
-    _output,
-    error_name,
-    registration,
-    rotate,
-)
-from registry.client import Client, NodeStatus, RegistryError, Unavailable  # noqa: E402
+from registry.client import Client, NodeStatus, RegistryError  # noqa: E402
 
 POLL_S = 0.01
 ELECT_WAIT_S = 30.0
 REJOIN_WAIT_S = 60.0
 
-
-def progress(message: str) -> None:
-    print(f"[failover] {message}", file=sys.stderr, flush=True)
+progress = reporter("failover")
 
 
 class Writers:
-    """WRITERS closed-loop client threads; every acknowledgement is kept as (time, index)."""
+    """WRITERS closed-loop client threads (bench/load.py's `closed_loop` of `Registrations`, run
+    1, writer k starting at node k mod n) for the whole run; every acknowledgement is kept as
+    (time, log index), every error as (time, name)."""
 
     def __init__(self, servers: list[str], writers: int, timeout_s: float) -> None:
         self.acks: list[tuple[float, int]] = []  # appended by the threads (atomic under the GIL)
         self.errors: list[tuple[float, str]] = []
         self.stop = threading.Event()
-        self.timeout_s = timeout_s
-        self.threads = [threading.Thread(target=self._run, args=(rotate(servers, k), k), daemon=True)
-                        for k in range(writers)]
+        self.target = Registrations(timeout_s=timeout_s)
+        self.threads = [threading.Thread(target=self._run, args=(servers, k), daemon=True) for k in range(writers)]
 
     def start(self) -> None:
         for t in self.threads:
             t.start()
 
     def _run(self, servers: list[str], k: int) -> None:
-        with Client(servers, timeout_s=self.timeout_s) as client:
-            i = 0
-            while not self.stop.is_set():
-                args = registration(1, k, i)
-                i += 1
-                try:
-                    r = client.register(args.pop("service"), args.pop("address"), args.pop("port"), **args)
-                except RegistryError as exc:
-                    self.errors.append((time.monotonic(), error_name(exc)))
-                    continue
-                self.acks.append((time.monotonic(), r.index))
+        writer = self.target.writer(servers, 1, k)
+        try:
+            closed_loop(writer, self.target.errors, stop=lambda _i, _now: self.stop.is_set(),
+                        done=lambda _t0, t1, r: self.acks.append((t1, r.index)),
+                        failed=lambda t, exc: self.errors.append((t, error_name(exc))))
+        finally:
+            writer.close()
 
     def close(self) -> None:
         self.stop.set()
         for t in self.threads:
-            t.join(timeout=self.timeout_s + 5)
+            t.join(timeout=self.target.timeout_s + 5)
 
 
 def wait_new_leader(servers: list[str], old_term: int, timeout_s: float = ELECT_WAIT_S) -> tuple[float, NodeStatus]:
@@ -203,13 +186,9 @@ def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    m, cfg = r["machine"], r["config"]
-    print(f"registry failover benchmark: {cfg['nodes']} durable nodes on loopback, {cfg['writers']} writers, "
-          f"kill -9 of the leader every ~{cfg['interval_s']:g} s, {m['cpus']} CPUs, load average "
-          f"{m['loadavg_before'][0]:g} before and {m.get('loadavg_after', ['?'])[0]} after, data on {m['data_filesystem']}")
-    if "disk_before" in r:
-        b = r["disk_before"]
-        print(f"disk: a durable LMDB commit (bench/storage.py) took p50 {b['p50_ms']:.2f} ms / p99 {b['p99_ms']:.2f} ms before the run")
+    cfg = r["config"]
+    print_header(r, f"registry failover benchmark: {cfg['nodes']} durable nodes on loopback, {cfg['writers']} writers, "
+                 f"kill -9 of the leader every ~{cfg['interval_s']:g} s")
     print(f"\n{'trial':>5}{'killed':>8}{'term':>6}{'new leader':>12}{'term':>6}{'elected s':>11}{'failover s':>12}"
           f"{'index before':>14}{'first index':>13}{'errors':>8}{'rejoin s':>10}")
     for t in r["trials"]:
@@ -227,29 +206,20 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
     p.add_argument("--trials", type=int, default=5, help="leader kills (default 5)")
     p.add_argument("--writers", type=int, default=4, help="writer threads (default 4)")
     p.add_argument("--interval", type=float, default=3.0, help="seconds of writes before each kill (default 3)")
     p.add_argument("--client-timeout", type=float, default=5.0, help="the writers' Client timeout_s (default 5)")
-    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="parent of the cluster directory")
-    p.add_argument("--agent-arg", action="append", default=[], metavar="ARG", help="extra argument for every agent")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--keep", action="store_true", help="keep the data directories and node logs")
-    p.add_argument("--show", type=Path, metavar="FILE", help="print the table of a saved --json result and exit")
+    add_options(p)
     args = p.parse_args(argv)
     if args.nodes < 3 or args.nodes > 9 or args.trials < 1 or args.writers < 1:
         p.error("--nodes must be 3-9 (a majority must survive a kill), --trials and --writers at least 1")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.show is not None:
-        return _output(lambda: print_table(json.loads(args.show.read_text())))
-
-    stop_on_signals()
+def run(args: argparse.Namespace) -> dict[str, Any]:
     root, fs = bench_root("registry-bench-failover-", args.dir, progress)
     result: dict[str, Any] = {
         "benchmark": "failover", "format": 1, "machine": machine_info(root),
@@ -274,23 +244,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     result["trials"].append(run_trial(cluster, writers, trial, args.interval))
             finally:
                 writers.close()
-            result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+            result["machine"]["loadavg_after"] = loadavg()
             progress("stopping the cluster")
-    except KeyboardInterrupt:
-        progress("interrupted: the cluster was stopped")
-        return 130
-    except (RuntimeError, Unavailable) as exc:
-        progress(f"error: {exc}")
+    except (RuntimeError, OSError, RegistryError) as exc:
         if not result["trials"]:
-            return 1
+            raise
+        progress(f"error: {exc}")
         progress("reporting the trials finished before the error")
         result["error"] = str(exc)
     result["summary"] = summarize(result["trials"])
     result["writes"] = len(writers.acks) if writers else 0
     result["errors_total"] = dict(Counter(n for _, n in writers.errors)) if writers else {}
-    if args.json:
-        return _output(lambda: print(json.dumps(_no_nan(result), indent=2 if sys.stdout.isatty() else None)))
-    return _output(lambda: print_table(result))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_frame(parse_args(argv), print_table, run, progress)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/restart.py [--instances 10000,100000] [--clients 16] [--json] [--keep]
 
-For each count N of --instances, in a fresh durable cluster (bench/writes.py's `LocalCluster`):
+For each count N of --instances, in a fresh durable cluster (bench/cluster.py's `LocalCluster`):
 
 1. registers N distinct instances (16 services `bench-00`..`bench-15`, the same instances as
    bench/writes.py's workload) from --clients concurrent `registry.client.Client` threads spread
-   over the nodes (progress every few seconds), then one last instance of the service
+   over the nodes (bench/load.py's `fill`) (progress every few seconds), then one last instance of the service
    `restart-marker`: since it is the last write, a node that has applied it has applied the whole
    catalogue;
 2. waits until every node has applied the marker's index, then reports each node's RSS (VmRSS,
@@ -29,9 +29,6 @@ one JSON object with --json; progress on stderr; the cluster is always stopped.
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
-import os
 import shutil
 import signal
 import sys
@@ -47,96 +44,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dnslib import QTYPE, RCODE, DNSRecord  # noqa: E402
 
-from bench.cluster import (  # noqa: E402
-    LocalCluster,
-    _no_nan,
-    filesystem,
-    fsync_probe,
-    machine_info,
-    proc_status_kib,
-    stop_on_signals,
+from bench.cluster import LocalCluster, dir_bytes, dns_child_pid  # noqa: E402
+from bench.load import CLIENT_TIMEOUT_S, fill, register, registration, retrying  # noqa: E402
+from bench.proc import proc_status_kib  # noqa: E402
+from bench.script import (  # noqa: E402
+    add_options, fsync_probe, loadavg, machine_info, main_frame, new_parser, numbers, print_header, reporter,
 )
-from bench.writes import (  # noqa: E402
-    CLIENT_TIMEOUT_S,
-    _output,
-    error_name,
-    registration,
-    rotate,
-)
-from registry.client import Client, NodeStatus, RegistryError, Unavailable  # noqa: E402
+from bench.storage import filesystem  # noqa: E402
+from registry.client import Client, NodeStatus, RegistryError  # noqa: E402
 
 MARKER = "restart-marker"
 MARKER_QNAME = f"{MARKER}.service.registry."  # the agent's default --domain
 SERVE_WAIT_S = 300.0
 POLL_S = 0.02
 
-
-def progress(message: str) -> None:
-    print(f"[restart] {message}", file=sys.stderr, flush=True)
-
-
-def dns_child_pid(agent_pid: int) -> int | None:
-    try:
-        children = Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(children[0]) if children else None
-
-
-def dir_bytes(path: Path) -> int:
-    """Allocated bytes under ``path`` (st_blocks: LMDB's map file is sparse)."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+progress = reporter("restart")
 
 
 def register_all(servers: list[str], count: int, clients: int) -> dict[str, Any]:
     """``count`` distinct instances from ``clients`` threads, then the marker; a write that
     raised is retried (the same instance: idempotent). Returns counts, time, errors."""
-    counter = itertools.count()  # next() is atomic under the GIL
-    done = [0]
     errors: Counter[str] = Counter()
-    failed: list[BaseException] = []
 
-    def work(k: int) -> None:
-        try:
-            with Client(rotate(servers, k), timeout_s=CLIENT_TIMEOUT_S) as client:
-                while (i := next(counter)) < count:
-                    args = registration(2, 0, i)
-                    for attempt in range(10):
-                        try:
-                            client.register(args["service"], args["address"], args["port"],
-                                            tags=args["tags"], meta=args["meta"])
-                            break
-                        except Unavailable as exc:
-                            errors[error_name(exc)] += 1
-                            if attempt == 9:
-                                raise
-                    done[0] += 1
-        except BaseException as exc:  # noqa: BLE001 (reported below)
-            failed.append(exc)
+    def job(client: Client, i: int) -> None:
+        retrying(lambda: register(client, registration(2, 0, i)), errors)
 
-    t0 = time.monotonic()
-    pool = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(clients)]
-    for t in pool:
-        t.start()
-    last = t0
-    while any(t.is_alive() for t in pool):
-        pool[0].join(timeout=0.5)
-        if time.monotonic() - last >= 5:
-            last = time.monotonic()
-            progress(f"  {done[0]:,} / {count:,} registered ({done[0] / (last - t0):.0f}/s)")
-    if failed:
-        raise RuntimeError(f"registering failed: {failed[0]!r}")
-    seconds = time.monotonic() - t0
+    def report(done: int, seconds: float) -> None:
+        progress(f"  {done:,} / {count:,} registered ({done / seconds:.0f}/s)")
+
+    seconds = fill(servers, clients, count, job, what="registering", report=report)
     with Client(servers, timeout_s=CLIENT_TIMEOUT_S) as client:
         marker = client.register(MARKER, "192.0.2.1", 9)
-    return {"registered": done[0], "seconds": round(seconds, 1), "writes_per_s": round(done[0] / seconds),
+    return {"registered": count, "seconds": round(seconds, 1), "writes_per_s": round(count / seconds),
             "errors": dict(errors), "marker_index": marker.index}
 
 
@@ -283,13 +222,7 @@ def run_count(count: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    m = r["machine"]
-    print(f"registry memory and restart benchmark: {r['config']['nodes']} durable nodes on loopback, {m['cpus']} CPUs, "
-          f"load average {m['loadavg_before'][0]:g} before and {m.get('loadavg_after', ['?'])[0]} after, "
-          f"data on {m['data_filesystem']}")
-    if "disk_before" in r:
-        b = r["disk_before"]
-        print(f"disk: a durable LMDB commit (bench/storage.py) took p50 {b['p50_ms']:.2f} ms / p99 {b['p99_ms']:.2f} ms before the run")
+    print_header(r, f"registry memory and restart benchmark: {r['config']['nodes']} durable nodes on loopback")
     for c in r["counts"]:
         s = c["setup"]
         print(f"\n{c['instances']:,} instances (setup: {s['registered']:,} writes in {s['seconds']} s, "
@@ -307,31 +240,19 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
-    p.add_argument("--instances", default="10000,100000", help="instance counts, comma-separated (default 10000,100000)")
+    p.add_argument("--instances", dest="counts", metavar="INSTANCES", type=numbers, default="10000,100000",
+                   help="instance counts, comma-separated (default 10000,100000)")
     p.add_argument("--clients", type=int, default=16, help="concurrent registering clients (default 16)")
-    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="parent of the cluster directories")
-    p.add_argument("--agent-arg", action="append", default=[], metavar="ARG", help="extra argument for every agent")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--keep", action="store_true", help="keep the data directories and node logs")
-    p.add_argument("--show", type=Path, metavar="FILE", help="print the table of a saved --json result and exit")
+    add_options(p)
     args = p.parse_args(argv)
-    try:
-        args.counts = [int(x) for x in args.instances.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--instances: expected numbers like 10000,100000, got {args.instances!r}")
     if not args.counts or any(c < 1 or c >= 2**24 for c in args.counts) or not 1 <= args.clients <= 256:
         p.error("--instances: each 1..16777215; --clients 1..256")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.show is not None:
-        return _output(lambda: print_table(json.loads(args.show.read_text())))
-
-    stop_on_signals()
+def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "restart", "format": 1, "machine": machine_info(args.dir),
                               "config": {"nodes": args.nodes, "instances": args.counts, "clients": args.clients,
                                          "agent_args": args.agent_arg}, "counts": []}
@@ -345,18 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(probe_dir, ignore_errors=True)
         for count in args.counts:
             result["counts"].append(run_count(count, args))
-    except KeyboardInterrupt:
-        progress("interrupted: the cluster was stopped")
-        return 130
-    except (RuntimeError, RegistryError) as exc:
-        progress(f"error: {exc}")
+    except (RuntimeError, OSError, RegistryError) as exc:
         if not result["counts"]:
-            return 1
+            raise
+        progress(f"error: {exc}")
         result["error"] = str(exc)
-    result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    if args.json:
-        return _output(lambda: print(json.dumps(_no_nan(result), indent=2 if sys.stdout.isatty() else None)))
-    return _output(lambda: print_table(result))
+    result["machine"]["loadavg_after"] = loadavg()
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_frame(parse_args(argv), print_table, run, progress)
 
 
 if __name__ == "__main__":

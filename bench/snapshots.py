@@ -23,12 +23,13 @@ a bound holds if it stops growing while the log keeps being written.
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import json
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zmq  # noqa: E402
 
-from bench.restart import dir_bytes  # noqa: E402
-from bench.writes import LocalCluster, registration  # noqa: E402
+from bench.cluster import LocalCluster, dir_bytes  # noqa: E402
+from bench.load import fill, register, registration, retrying  # noqa: E402
+from bench.script import reporter  # noqa: E402
 from registry.catalogue import MAX_SESSIONS, Catalogue, Register, Request, encode_request  # noqa: E402
 from registry.catalogue.frozen import freeze, thaw  # noqa: E402
-from registry.client import Client, NotFound, Unavailable  # noqa: E402
+from registry.client import Client, NotFound  # noqa: E402
 from registry.node.snapshotter import serialise  # noqa: E402
 from registry.raft import Entry, EntryKind, Index, Membership, NodeId, Snapshot, SnapshotMeta, Term  # noqa: E402
 from registry.storage import LmdbStorage, lmdb_store  # noqa: E402
 
 
-def progress(message: str) -> None:
-    print(f"[snapshots] {message}", file=sys.stderr, flush=True)
+progress = reporter("snapshots")
 
 
 def build_catalogue(count: int) -> tuple[Catalogue, list[bytes]]:
@@ -147,33 +148,19 @@ def run_churn(args: argparse.Namespace) -> dict[str, Any]:
     with LocalCluster(3, root, keep=args.keep, agent_args=args.agent_arg) as cluster:
         cluster.start()
         cluster.wait_leader()
-        servers = cluster.servers
-        counter = itertools.count()
         total = args.live + args.ops
-        done, errors = [0], [0]
+        done = [0]
+        errors: Counter[str] = Counter()
         stop = threading.Event()
 
-        def work(k: int) -> None:
-            with Client(servers[k % 3:] + servers[:k % 3], timeout_s=20) as client:
-                while (i := next(counter)) < total:
-                    slot = i % args.live
-                    r = registration(0, 0, slot)
-                    if i >= args.live:
-                        for _ in range(10):
-                            try:
-                                client.deregister(r["service"], f"{r['address']}:{r['port']}", by="address")
-                                break
-                            except NotFound:  # a retry of one that applied
-                                break
-                            except Unavailable:
-                                errors[0] += 1
-                    for _ in range(10):
-                        try:
-                            client.register(r["service"], r["address"], r["port"], tags=r["tags"], meta=r["meta"])
-                            break
-                        except Unavailable:
-                            errors[0] += 1
-                    done[0] += 1
+        def job(client: Client, i: int) -> None:
+            r = registration(0, 0, i % args.live)
+            if i >= args.live:
+                with contextlib.suppress(NotFound):  # a retry of one that applied
+                    retrying(lambda: client.deregister(r["service"], f"{r['address']}:{r['port']}", by="address"),
+                             errors)
+            retrying(lambda: register(client, r), errors)
+            done[0] += 1
 
         def sample() -> None:
             while not stop.is_set():
@@ -181,19 +168,17 @@ def run_churn(args: argparse.Namespace) -> dict[str, Any]:
                 samples.append({"t": time.monotonic(), "done": done[0], "bytes": sizes})
                 stop.wait(1.0)
 
+        def report(finished: int, seconds: float) -> None:
+            progress(f"{finished:,} / {total:,} operations ({finished / seconds:.0f}/s)")
+
         started = time.monotonic()
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            time.sleep(5)
-            progress(f"{done[0]:,} / {total:,} operations ({done[0] / (time.monotonic() - started):.0f}/s)")
-        for t in threads:
-            t.join()
-        stop.set()
-        sampler.join()
+        try:
+            fill(cluster.servers, 16, total, job, what="the churn", timeout_s=20, report=report)
+        finally:
+            stop.set()
+            sampler.join()
         statuses = cluster.statuses()
         nodes = {n: dict(s.snapshot or {}, last_index=s.last_index) for n, s in statuses.items()
                  if not isinstance(s, Exception)}
@@ -202,7 +187,8 @@ def run_churn(args: argparse.Namespace) -> dict[str, Any]:
         part = [s for s in samples if k * total / 10 <= s["done"] < (k + 1) * total / 10] or samples[-1:]
         tenths.append({n: max(s["bytes"][n] for s in part) for n in part[0]["bytes"]})
     assert nodes and all(s["last_index"] >= args.live + 2 * args.ops for s in nodes.values()), nodes
-    return {"live": args.live, "ops": args.ops, "retried_errors": errors[0], "agent_args": args.agent_arg, "seconds": round(time.monotonic() - started, 1),
+    return {"live": args.live, "ops": args.ops, "retried_errors": sum(errors.values()), "agent_args": args.agent_arg,
+            "seconds": round(time.monotonic() - started, 1),
             "max_dir_bytes_by_tenth": tenths, "final": nodes,
             "max_dir_bytes": max(max(s["bytes"].values()) for s in samples)}
 

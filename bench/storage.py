@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import lmdb
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import lmdb  # noqa: E402
+
+from bench.window import Latencies  # noqa: E402
 from registry.raft import Entry, HardState, Index, NodeId, Term
-from registry.storage import LmdbStorage
-from registry.storage.codec import encode_entry, encode_hard_state, index_key
+from registry.storage import LmdbStorage  # noqa: E402
+from registry.storage.codec import encode_entry, encode_hard_state, index_key  # noqa: E402
 
 BATCHES = (1, 10, 100)
 
@@ -41,12 +44,12 @@ def measure(save: Callable[[list[Entry]], None], batch: int, payload: bytes, sec
         save(entries)
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - start
-    latencies.sort()
+    percentiles = Latencies(latencies)
     return {
         "saves_per_s": len(latencies) / elapsed,
         "entries_per_s": len(latencies) * batch / elapsed,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "p50_ms": percentiles.pct(50),
+        "p99_ms": percentiles.pct(99),
     }
 
 
@@ -74,6 +77,7 @@ def bench_nosync_then_sync(root: Path, batch: int, payload: bytes, seconds: floa
 
 
 def filesystem(path: Path) -> str:
+    """"TYPE on DEVICE" of the filesystem holding ``path`` (tmpfs: fsync costs nothing)."""
     try:
         out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, check=True).stdout
         fields = out.splitlines()[-1].split()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.window import Latencies  # noqa: E402
 from registry.naming import node_id_for  # noqa: E402
 from registry.raft import AppendEntries, Entry, Heartbeat, HeartbeatResponse, Index, Term, TimeoutNow  # noqa: E402
 from registry.transport import Wire, ZmqTransport, decode, encode  # noqa: E402
@@ -147,9 +147,9 @@ def round_trip(a: ZmqTransport, pump: Callable[[], None], seconds: float) -> dic
                 if acks and max(acks) - base >= seq:
                     break
         latencies.append(time.perf_counter() - t0)
-    latencies.sort()
-    return {"round_trips": len(latencies), "p50_us": 1e6 * statistics.median(latencies),
-            "p99_us": 1e6 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+    percentiles = Latencies(latencies)
+    return {"round_trips": len(latencies), "p50_us": 1000 * percentiles.pct(50),  # type: ignore[operator]
+            "p99_us": 1000 * percentiles.pct(99)}  # type: ignore[operator]
 
 
 def codec_cost(message: Wire, rounds: int = 50_000) -> dict[str, float]:
