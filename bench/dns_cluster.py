@@ -87,7 +87,7 @@ def progress(message: str) -> None:
 
 
 def dns_child_pid(agent_pid: int, timeout_s: float = 10.0) -> int:
-    """The PID of the agent's DNS child (``python -m registry_dns.process``), from /proc: the
+    """The PID of the agent's DNS child (``python -m registry_dns.child``), from /proc: the
     process whose parent is the agent (/proc/PID/task/*/children is not always compiled in)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -100,7 +100,7 @@ def dns_child_pid(agent_pid: int, timeout_s: float = 10.0) -> int:
                 if ppid != agent_pid:
                     continue
                 with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    if b"registry_dns.process" in f.read():
+                    if b"registry_dns.child" in f.read():
                         return int(entry.name)
             except (OSError, ValueError, IndexError):
                 continue

@@ -54,6 +54,7 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord  # noqa: E402
 
 from registry.catalogue import CatalogueView, Register, Request, encode_request  # noqa: E402
 from registry_dns.process import DnsProcess  # noqa: E402
+from registry_dns.settings import DnsSettings  # noqa: E402
 
 HOST = "127.0.0.1"
 LOADGENS: set[subprocess.Popen[bytes]] = set()  # dnsperf processes running now, and
@@ -167,7 +168,7 @@ def default_responder() -> str:
 def start_dns(names: int, instances: int, responder: str) -> DnsProcess:
     """A DnsProcess on a free port holding ``names`` services of ``instances`` instances each."""
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    process = DnsProcess(address=(HOST, 0), max_stale_s=3600, responder=responder)
+    process = DnsProcess(DnsSettings(address=(HOST, 0), max_stale_s=3600, responder=responder))
     process.start(timeout_s=30)
     process.leader_contact(0.0)
     entries = []

@@ -54,6 +54,7 @@ from registry.raft import (
 from registry.storage import CorruptStorage, LmdbStorage
 from registry.transport import Forward, ZmqTransport
 from registry_dns.process import DnsProcess
+from registry_dns.settings import DnsSettings
 
 from . import snapshot_ops
 from .client_api import ClientRequest, ClientServer
@@ -160,9 +161,10 @@ class Node:
             self.client = ClientServer(self._context, config.client, logging.getLogger("registry.client_api"))
             # NB: DNS runs in a child process with its own catalogue replica, fed every committed
             # entry, so DNS load and Raft work never compete for one interpreter (docs/ARCHITECTURE.md).
-            self.dns = DnsProcess(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
-                                  negative_ttl_s=config.dns_negative_ttl_s, max_udp_payload=config.dns_max_udp,
-                                  max_stale_s=config.dns_max_stale_s, nameservers=self._nameservers(),
+            self.dns = DnsProcess(DnsSettings(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
+                                              negative_ttl_s=config.dns_negative_ttl_s,
+                                              max_udp_payload=config.dns_max_udp,
+                                              max_stale_s=config.dns_max_stale_s, nameservers=self._nameservers()),
                                   snapshot=lambda: self.catalogue.to_bytes())
             self.dns.start(timeout_s=10)
             if state.snapshot.index > 0:

@@ -888,7 +888,7 @@ def _mutate(good: bytes, changes: list[tuple[int, int]], length: int) -> bytes:
 
 def dns_processes_for(host: str, port: int) -> list[int]:
     """Pids of live DNS child processes configured for ``host:port`` (from /proc/*/cmdline: the
-    child gets its address in its --config JSON)."""
+    child gets its address in its --settings JSON)."""
     address = re.compile(rf'\[\s*"{re.escape(host)}"\s*,\s*{port}\s*\]'.encode())
     out = []
     for entry in Path("/proc").iterdir():
@@ -898,7 +898,7 @@ def dns_processes_for(host: str, port: int) -> list[int]:
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             except (OSError, IndexError):
                 continue
-            if b"registry_dns.process" in cmdline and address.search(cmdline) and state != "Z":
+            if b"registry_dns.child" in cmdline and address.search(cmdline) and state != "Z":
                 out.append(int(entry.name))
     return out
 
