@@ -8,7 +8,8 @@ One thread, one ``selectors`` loop (``DnsServer``) that also watches the feed so
 wakeup it reads at most ``_FEED_CHUNK_BYTES`` of feed, applies the entries (a kind other than
 NORMAL (0) is skipped), hands the new view to the responder once if it changed (at most every
 ``_CATCH_UP_UPDATE_S`` while a backlog is being read), recomputes staleness, then answers
-queries. It reports its counters to the agent every ``stats_interval_s``.
+queries. It reports its counters to the agent every ``stats_interval_s``, and at once when its
+staleness changes, so the agent's ``registry status`` shows what DNS does now.
 
 Staleness (issue 4, point 6): the child answers SERVFAIL (``stale=True`` to the responder) when
 it has never been told of a leader contact, when the last contact is older than
@@ -99,6 +100,7 @@ class DnsChild:
         self.catching_up = False
         self.counts = {"entries": 0, "updates": 0, "restores": 0, "bad_snapshots": 0, "old_snapshots": 0,
                        "resync_requests": 0, "gaps": 0}
+        # Invariant: next_stats <= now whenever server.stale differs from the last report's "stale".
         self.next_stats = now
         self.last_queries = 0
         self.last_stats_at = now
@@ -206,7 +208,12 @@ class DnsChild:
     def on_wake(self) -> None:
         now = self.clock()
         self.publish(now)
-        self.server.stale = self.is_stale(now)
+        stale = self.is_stale(now)
+        if stale != self.server.stale:
+            self.server.stale = stale
+            # NB: report now, not at the next interval: `registry status` must show what DNS
+            # does now (a report from before the first leader contact said STALE while DNS answered).
+            self.next_stats = now
 
     def publish(self, now: float) -> None:
         view = self.catalogue.view

@@ -14,7 +14,8 @@ Every frame is a 5-byte header, type (u8) and body length (u32, big-endian), the
     DNS process -> agent
       READY   10  JSON {"host": str, "port": int}: both sockets are bound; serving.
       ERROR   11  JSON {"errno": int | null, "message": str}: could not start (or must stop).
-      STATS   12  JSON object: the latest counters (see ``registry_dns.child``).
+      STATS   12  JSON object: the latest counters (see ``registry_dns.child``); sent every
+                  ``stats_interval_s`` and at once when the child's staleness changes.
       RESYNC  13  applied index (u64): the process missed entries and needs a RESTORE.
 
 Both sides validate everything they read: an unknown type, a body over ``MAX_BODY_BYTES`` or a

@@ -175,7 +175,7 @@ class DnsProcess:
                     raise _start_error(None, f"the DNS process for {where} exited with status {status} "
                                              "before serving (see its log)")
                 for kind, body in self._reader.feed(data):
-                    if kind == feed.ERROR:
+                    if kind == feed.ERROR and self._address is None:
                         info = feed.decode_json(body)
                         code = info.get("errno") if isinstance(info.get("errno"), int) else None
                         message = str(info.get("message", "unknown error"))
@@ -184,8 +184,10 @@ class DnsProcess:
                         info = feed.decode_json(body)
                         self._address = (str(info["host"]), int(info["port"]))
                         log.info("DNS process %d serving on %s", self._proc.pid, format_address(self._address))
-                        return
-                    self._handle(kind, body)
+                    else:
+                        self._handle(kind, body)  # NB: also a report that came in one read with READY
+                if self._address is not None:
+                    return
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -370,9 +372,11 @@ class DnsProcess:
         """The child's latest report, plus the parent's view: alive, pid, address, backlog.
 
         Child keys (see ``registry_dns.server.COUNTERS`` for the query counters): ``qps``,
-        ``stale`` (answering SERVFAIL now), ``stale_queries``, ``answered``, ``dropped``,
-        ``applied_index``, ``version``, ``leader_contact_age_s``, ``gap``, ``responder`` (the
-        responder's own counters), ... ``report_age_s`` says how old the report is.
+        ``stale`` (answering SERVFAIL now: the child reports every change of it at once, so this
+        is its state as of the last few milliseconds, however old the counters are),
+        ``stale_queries``, ``answered``, ``dropped``, ``applied_index``, ``version``,
+        ``leader_contact_age_s``, ``gap``, ``responder`` (the responder's own counters), ...
+        ``report_age_s`` says how old the report (and so its counters) is.
         """
         if self._sock is not None and self._address is not None:
             self._flush()

@@ -38,6 +38,7 @@ from registry_dns.feed import (
     ENTRIES,
     ERROR,
     MAX_BODY_BYTES,
+    READY,
     RESTORE,
     RESYNC,
     STATS,
@@ -49,6 +50,7 @@ from registry_dns.feed import (
     decode_index,
     encode_contact,
     encode_entries,
+    encode_json,
     frame,
 )
 from registry_dns.child import DnsChild
@@ -327,6 +329,27 @@ def test_child_reports_counters(child: Any) -> None:
     assert {"answered", "dropped", "stale_queries", "udp_queries", "responder"} <= set(stats)
 
 
+def stale_reports(parent_end: socket.socket) -> list[bool]:
+    return [json.loads(body)["stale"] for kind, body in reports(parent_end) if kind == STATS]
+
+
+def test_child_reports_a_change_of_staleness_at_once(child: Any) -> None:
+    """The report's ``stale`` is what DNS does now: a change (a first leader contact, or none for
+    max_stale_s) is reported in the same wakeup, not at the next stats interval; between
+    changes the reports keep their interval."""
+    c, parent_end, clock = child
+    pump(c, parent_end)  # the first report, due at once
+    assert stale_reports(parent_end) == [True]
+    pump(c, parent_end, encode_contact(True, clock.now))  # the clock has not moved: no report is due
+    assert stale_reports(parent_end) == [False]
+    pump(c, parent_end, encode_contact(True, clock.now))
+    assert stale_reports(parent_end) == []  # unchanged, and the interval has not passed
+    clock.now += 30.1  # no contact for over max_stale_s
+    c.on_wake()
+    c.after_wake()
+    assert stale_reports(parent_end) == [True]
+
+
 # -- DnsProcess end to end ------------------------------------------------------------------------
 
 
@@ -396,6 +419,26 @@ def test_registered_instances_appear_in_dns(make_dns: Callable[..., DnsProcess])
     assert stats["alive"] and stats["answered"] >= 4 and stats["stale"] is False and stats["backlog_bytes"] == 0
 
 
+def test_a_report_read_together_with_ready_is_kept() -> None:
+    """The child reports at once after READY; when the parent reads both in one piece (a busy
+    parent), that first report is kept, not dropped with the rest of the read."""
+    parent_end, child_end = socket.socketpair()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        process = DnsProcess(DnsSettings(address=(HOST, 0)))
+        process._proc, process._sock = sleeper, parent_end  # what start() sets up, with a stand-in child
+        child_end.sendall(encode_json(READY, {"host": HOST, "port": 5353}) + encode_json(STATS, {"stale": True}))
+        process._await_ready(SETTLE_S)
+        parent_end.setblocking(False)
+        assert process.address == (HOST, 5353)
+        assert process.stats()["stale"] is True
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        parent_end.close()
+        child_end.close()
+
+
 def test_entries_applied_before_start_are_delivered(make_dns: Callable[..., DnsProcess]) -> None:
     process = make_dns(start=False)
     process.apply([(1, NORMAL, register(1, "10.0.0.9"))])
@@ -463,6 +506,28 @@ def test_leader_contact_age_is_honoured(make_dns: Callable[..., DnsProcess]) -> 
         return ask(process).rcode() == dns.rcode.NOERROR
 
     eventually(process, fresh, what="fresh")
+
+
+def test_status_shows_what_dns_does_now(make_dns: Callable[..., DnsProcess]) -> None:
+    """``stats()["stale"]`` (the DNS column of `registry status`) follows the child's staleness
+    at once, both ways, even with reports otherwise an hour apart: after the first leader
+    contact it says fresh while DNS answers, and after max_stale_s without news it says stale."""
+    max_stale_s = 3.0
+    process = make_dns(max_stale_s=max_stale_s, stats_interval_s=3600.0)
+    process.apply([(1, NORMAL, register(1, "10.0.0.1"))])
+    eventually(process, lambda: process.stats().get("stale") is True, what="the first report (no leader yet)")
+    contact = time.monotonic()
+    process.leader_contact(0.0)
+    eventually(process, lambda: process.stats().get("stale") is False, what="a report saying fresh")
+    reply = ask(process)
+    assert time.monotonic() < contact + max_stale_s, "premise: the report and a query within max_stale_s"
+    assert addresses(reply) == {"10.0.0.1"}, reply  # fresh, as the report said
+    stats = process.stats()
+    assert stats["leader_contact_age_s"] is not None and stats["report_age_s"] is not None
+    eventually(process, lambda: process.stats().get("stale") is True, timeout_s=max_stale_s + SETTLE_S,
+               what="a report saying stale, max_stale_s after the contact")
+    assert time.monotonic() > contact + max_stale_s
+    assert ask(process).rcode() == dns.rcode.SERVFAIL
 
 
 def test_a_setting_the_responder_refuses_fails_start_with_its_message(make_dns: Callable[..., DnsProcess]) -> None:
