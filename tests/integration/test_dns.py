@@ -435,6 +435,27 @@ def test_record_types_names_case_ttl_and_apex(dns_cluster: Cluster) -> None:
             assert [r.rdata for r in direct.answer] == ["127.0.0.1"], f"{name}:\n{direct.text}"
 
 
+def test_a_service_with_ip_and_host_name_instances(dns_cluster: Cluster) -> None:
+    """As README.md says: a service with an IPv4 and a host-name instance answers A with the IPv4
+    one only and no CNAME (a CNAME cannot share its name with addresses), AAAA with NODATA, and
+    SRV with both instances, the host-name one targeting its host; through dig, on every node."""
+    cluster = dns_cluster
+    client = cluster.client(timeout_s=10)
+    client.register("hybrid", "10.7.0.1", 7100)
+    client.register("hybrid", "cache.example.org", 7101)
+    qname = f"hybrid.service.{DOMAIN}"
+    wait_everywhere(cluster, "hybrid with 2 instances in every node's DNS",
+                    lambda a: len(srv_pairs(ask(a, qname, "SRV"))) == 2)
+    for name, at in cluster.dns_addresses().items():
+        a = dig(at, qname, "A")
+        assert a.status == "NOERROR" and [(r.rtype, r.rdata) for r in a.answer] == [("A", "10.7.0.1")], \
+            f"{name}:\n{a.text}"
+        assert_negative(dig(at, qname, "AAAA"), "NOERROR", f"{name}: {qname} AAAA (NODATA)")
+        srv = dig(at, qname, "SRV")
+        assert sorted(r.rdata for r in srv.answer) == sorted(
+            [f"1 1 7100 {hex_target('10.7.0.1')}", "1 1 7101 cache.example.org."]), f"{name}:\n{srv.text}"
+
+
 def test_soa_serial_is_the_node_applied_index(dns_cluster: Cluster) -> None:
     """The apex SOA's serial is the answering node's applied Raft index, on every node: after a
     write that changed the catalogue, and after a committed write that did not (a deregister that
