@@ -72,9 +72,9 @@ def pick_ports(count: int, *, udp: bool = False, taken: set[int] | None = None) 
 
 
 def dns_child_pid(agent_pid: int, timeout_s: float = DNS_CHILD_WAIT_S) -> int:
-    """The PID of an agent's DNS child (``python -m registry_dns.process``), once it runs."""
+    """The PID of an agent's DNS child (``python -m registry_dns.child``), once it runs."""
     deadline = time.monotonic() + timeout_s
-    while not (found := children_running(agent_pid, b"registry_dns.process")):
+    while not (found := children_running(agent_pid, b"registry_dns.child")):
         if time.monotonic() > deadline:
             raise RuntimeError(f"no DNS child process of the agent {agent_pid} found")
         time.sleep(0.1)

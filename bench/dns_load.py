@@ -55,6 +55,7 @@ from bench.proc import die_with_parent  # noqa: E402
 from bench.window import Latencies, Window  # noqa: E402
 from registry.catalogue import CatalogueView, Register, Request, encode_request  # noqa: E402
 from registry_dns.process import DnsProcess  # noqa: E402
+from registry_dns.settings import DnsSettings  # noqa: E402
 
 HOST = "127.0.0.1"
 LOADGENS: set[subprocess.Popen[bytes]] = set()  # dnsperf processes running now, and
@@ -156,7 +157,7 @@ def default_responder() -> str:
 def start_dns(names: int, instances: int, responder: str) -> DnsProcess:
     """A DnsProcess on a free port holding ``names`` services of ``instances`` instances each."""
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    process = DnsProcess(address=(HOST, 0), max_stale_s=3600, responder=responder)
+    process = DnsProcess(DnsSettings(address=(HOST, 0), max_stale_s=3600, responder=responder))
     process.start(timeout_s=30)
     process.leader_contact(0.0)
     entries = []

@@ -14,7 +14,8 @@ Every frame is a 5-byte header, type (u8) and body length (u32, big-endian), the
     DNS process -> agent
       READY   10  JSON {"host": str, "port": int}: both sockets are bound; serving.
       ERROR   11  JSON {"errno": int | null, "message": str}: could not start (or must stop).
-      STATS   12  JSON object: the latest counters (see ``registry_dns.process``).
+      STATS   12  JSON object: the latest counters (see ``registry_dns.child``); sent every
+                  ``stats_interval_s`` and at once when the child's staleness changes.
       RESYNC  13  applied index (u64): the process missed entries and needs a RESTORE.
 
 Both sides validate everything they read: an unknown type, a body over ``MAX_BODY_BYTES`` or a
@@ -24,15 +25,17 @@ Writers never block: ``FrameQueue`` keeps what the socket did not take and sends
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 __all__ = [
     "CONTACT", "ENTRIES", "ERROR", "READY", "RESTORE", "RESYNC", "STATS", "MAX_BODY_BYTES",
     "FeedError", "FrameQueue", "FrameReader", "decode_contact", "decode_entries", "encode_contact",
-    "encode_entries", "frame",
+    "encode_entries", "encode_error", "encode_json", "decode_json", "frame", "receive",
 ]  # fmt: skip
 
 ENTRIES, CONTACT, RESTORE = 1, 2, 3
@@ -97,6 +100,35 @@ def decode_contact(body: bytes) -> tuple[bool, float]:
     if known not in (0, 1) or at != at:  # NaN
         raise FeedError(f"invalid CONTACT ({known}, {at})")
     return bool(known), at
+
+
+def encode_json(kind: int, value: dict[str, Any]) -> bytes:
+    """A READY, ERROR or STATS frame (header included) with ``value`` as its JSON body."""
+    return frame(kind, json.dumps(value).encode())
+
+
+def encode_error(message: str, errno: int | None = None) -> bytes:
+    return encode_json(ERROR, {"errno": errno, "message": message})
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    """A JSON object body; {} if the body is not one (reports are informational)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def receive(sock: socket.socket, size: int) -> bytes | None:
+    """Up to ``size`` bytes from a non-blocking ``sock``: None if none are ready, b"" at EOF
+    (an error other than "would block" counts as EOF: the peer is gone either way)."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 def encode_index(index: int) -> bytes:

@@ -28,12 +28,16 @@ Choices worth knowing:
 - NB: an SRV record of an instance registered with a host name has that host name as its target,
   not a CNAME under the zone: RFC 2782 forbids an alias as SRV target. Nothing is added to the
   additional section for it (out of zone; we never recurse).
-- A/AAAA at a service name: the addresses of that family, duplicates merged. If the name has none
-  of that family but has host-name instances, the answer is one CNAME to one of those hosts
-  (chosen per query; a name can hold only one CNAME), not chased (out of zone). Otherwise NODATA.
-  A CNAME query gets that CNAME when every instance has a host name. NB: the same name answers
-  SRV and TXT too; a caching resolver that learnt the CNAME may follow it for other types, which
-  is why SRV clients should prefer the ``_SERVICE._tcp`` form.
+- A/AAAA at a service name: the addresses of that family, duplicates merged, or NODATA if it
+  has none. Only when *every* instance has a host name is the answer (to A, AAAA and CNAME) one
+  CNAME to one of those hosts (chosen per query), not chased (out of zone).
+  NB: a service with both IP and host-name instances answers A/AAAA with its IP instances
+  only, and never with a CNAME, as Consul does: a name that holds a CNAME can hold no other
+  data (RFC 1034 §3.6.2, RFC 2181 §10.1), so no answer can carry both, and a CNAME given for one
+  type would be followed by caching resolvers for the other too, hiding the addresses. The
+  host-name instances are in the SRV answer (their host name is the target). NB: the same name
+  answers SRV and TXT too; a caching resolver that learnt an all-host-name service's CNAME may
+  follow it for other types, which is why SRV clients should prefer the ``_SERVICE._tcp`` form.
 - TXT: one record per distinct meta pair, ``key=value`` (RFC 1464: ``=`` and `````` in a key are
   escaped with a backquote), split into 255-octet character-strings when longer (the reader
   concatenates them, as for DKIM). NODATA if no instance has meta.
@@ -309,9 +313,12 @@ class Zone:
             addresses = sorted({i.address for i in instances if i.address_kind is family})
             if addresses:
                 return self._addresses(qname, qtype, serial, addresses, dep)
+        if (qtype == T_A or qtype == T_AAAA or qtype == T_CNAME) and all(
+            i.address_kind is AddressKind.HOST for i in instances
+        ):
             return self._cname(qname, qtype, serial, instances, dep)
-        if qtype == T_CNAME and all(i.address_kind is AddressKind.HOST for i in instances):
-            return self._cname(qname, qtype, serial, instances, dep)
+        if qtype == T_A or qtype == T_AAAA:
+            return self._nodata(serial, dep)
         if qtype == T_SRV:
             answers = []
             seen: set[tuple[int, tuple[bytes, ...]]] = set()

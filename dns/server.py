@@ -13,7 +13,7 @@ which returns the reply bytes or None (drop). What the server adds is the I/O:
   most ``max_tcp_clients`` connections (the least recently active one is closed to admit a new
   one, RFC 7766 §6.2.3). Once ``MAX_TCP_PENDING_BYTES`` of replies wait for a client, its
   further queries are held back and it is not read until half of that is sent.
-- **Other descriptors** (``watch(fd, callback)``), such as the feed pipe of ``registry_dns.process``:
+- **Other descriptors** (``watch(fd, callback)``), such as the feed socket of ``registry_dns.child``:
   their callbacks run first in every wakeup, then ``on_wake()``, then the DNS sockets. So work
   that arrived together with queries (a new catalogue view, a staleness change) is in effect
   before those queries are answered.
@@ -235,6 +235,17 @@ class DnsServer:
             log.exception("the DNS responder raised on a %d-byte %s query (dropped; logged at most "
                           "once a minute, see the 'errors' counter)", len(packet), "TCP" if tcp else "UDP")
 
+    def _count(self, transport: str, queries: int, answered: int, dropped: int, stale: bool, **more: int) -> None:
+        """Add one batch's figures to ``counters`` (``transport``: "udp_queries" or "tcp_queries")."""
+        counters = self.counters
+        counters[transport] += queries
+        counters["answered"] += answered
+        counters["dropped"] += dropped
+        if stale:
+            counters["stale_queries"] += queries
+        for name, value in more.items():
+            counters[name] += value
+
     def _on_udp(self, key: Any, mask: int) -> None:
         recvfrom = self._udp.recvfrom
         sendto = self._udp.sendto
@@ -263,14 +274,8 @@ class DnsServer:
                 answered += 1
             except OSError:
                 send_errors += 1
-        counters = self.counters
-        counters["udp_queries"] += received
-        counters["answered"] += answered
-        counters["dropped"] += dropped
-        counters["send_errors"] += send_errors
-        counters["recv_errors"] += recv_errors
-        if stale:
-            counters["stale_queries"] += received
+        self._count("udp_queries", received, answered, dropped, stale,
+                    send_errors=send_errors, recv_errors=recv_errors)
 
     def _on_accept(self, key: Any, mask: int) -> None:
         for _ in range(_ACCEPT_BATCH):
@@ -345,13 +350,7 @@ class DnsServer:
                 answered += 1
         if start:
             del inbuf[:start]
-        counters = self.counters
-        counters["tcp_queries"] += queries
-        counters["answered"] += answered
-        counters["dropped"] += dropped
-        counters["oversized"] += oversized
-        if stale:
-            counters["stale_queries"] += queries
+        self._count("tcp_queries", queries, answered, dropped, stale, oversized=oversized)
 
     def _flush(self, client: _TcpClient) -> None:
         """Send what the socket takes; answer held-back queries as room frees up; close after EOF."""

@@ -41,6 +41,7 @@ from registry.raft import (
 from registry.storage import LmdbStorage, Storage
 from registry.transport import Forward, ForwardOp, Transport, ZmqTransport
 from registry_dns.process import DnsProcess
+from registry_dns.settings import DnsSettings
 
 from .client_api import MAX_RESTORE_REQUEST_BYTES, ClientServer
 from .config import NodeConfig
@@ -130,9 +131,10 @@ class Node:
                                  snapshots=snapshot_ops, status=self.status)
             # NB: DNS runs in a child process with its own catalogue replica, fed every committed
             # entry, so DNS load and Raft work never compete for one interpreter (docs/ARCHITECTURE.md).
-            self.dns = DnsProcess(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
-                                  negative_ttl_s=config.dns_negative_ttl_s, max_udp_payload=config.dns_max_udp,
-                                  max_stale_s=config.dns_max_stale_s, nameservers=self._nameservers(),
+            self.dns = DnsProcess(DnsSettings(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
+                                              negative_ttl_s=config.dns_negative_ttl_s,
+                                              max_udp_payload=config.dns_max_udp,
+                                              max_stale_s=config.dns_max_stale_s, nameservers=self._nameservers()),
                                   snapshot=lambda: self.replica.catalogue.to_bytes())
             self.dns.start(timeout_s=10)
             if state.snapshot.index > 0:

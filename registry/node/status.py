@@ -119,5 +119,5 @@ class StatusReport:
 
 def _dns_summary(stats: dict[str, Any]) -> dict[str, Any]:
     keys = ("alive", "answered", "stale", "stale_queries", "dropped", "errors", "qps", "applied_index",
-            "leader_contact_age_s", "error")
+            "leader_contact_age_s", "report_age_s", "error")
     return {k: stats.get(k) for k in keys if k in stats}

@@ -156,12 +156,18 @@ def test_host_name_instances_answer_address_queries_with_one_cname(rdtype: str) 
     assert seen == {"db1.example.com.", "db2.example.com."}
 
 
-def test_a_mixed_service_prefers_addresses_and_falls_back_to_the_cname() -> None:
-    """Addresses of the asked family win; a family with none falls back to the host-name CNAME."""
+def test_a_mixed_service_answers_its_addresses_and_never_a_cname() -> None:
+    """A service with IP and host-name instances: A/AAAA give the IP instances of that family
+    (NODATA for a family it has none of), never a CNAME (a name with a CNAME holds no other data,
+    RFC 2181 §10.1); SRV lists every instance, the host-name one with its host as target."""
     r = responder()
-    assert addresses(ask(r, "mixed.service.registry.", "A")) == ["10.9.0.1"]
-    cnames = rdatas(ask(r, "mixed.service.registry.", "AAAA"), "CNAME")
-    assert [c.target.to_text() for c in cnames] == ["host.example.net."]
+    a = ask(r, "mixed.service.registry.", "A")
+    assert addresses(a) == ["10.9.0.1"] and not rdatas(a, "CNAME")
+    aaaa = ask(r, "mixed.service.registry.", "AAAA")
+    assert rcode(aaaa) == "NOERROR" and not aaaa.answer and section(aaaa, "authority", "SOA")
+    srv = ask(r, "mixed.service.registry.", "SRV")
+    assert sorted((rd.port, rd.target.to_text()) for rd in rdatas(srv, "SRV")) == [
+        (1000, "0a090001.addr.registry."), (1001, "host.example.net.")]
 
 
 def test_tag_names_filter_instances() -> None:

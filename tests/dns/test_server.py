@@ -26,7 +26,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from registry.catalogue import CatalogueView, Instance
-from registry_dns.server import COUNTERS, DnsServer
+from registry_dns.server import _SWEEP_INTERVAL_S, COUNTERS, DnsServer
 
 HOST = "127.0.0.1"
 WEB = "web.service.registry."
@@ -295,12 +295,15 @@ def test_a_responder_that_raises_is_counted_not_fatal(serve: Callable[..., Runni
 
 
 def test_idle_tcp_connections_are_closed(serve: Callable[..., Running]) -> None:
-    """RFC 7766 §6.2.3: a connection without traffic for tcp_idle_timeout_s is closed."""
-    running = serve(tcp_idle_timeout_s=0.3)
+    """RFC 7766 §6.2.3: a connection without traffic for tcp_idle_timeout_s is closed, not before,
+    and by the first idle sweep after it (a bound with room for a loaded machine)."""
+    idle_s = 0.3
+    running = serve(tcp_idle_timeout_s=idle_s)
+    bound_s = 4 * (idle_s + _SWEEP_INTERVAL_S)
     with socket.create_connection((HOST, running.port), timeout=5) as idle:
-        started = time.monotonic()
-        assert closed_by_server(idle, timeout_s=3)
-        assert 0.25 <= time.monotonic() - started < 2.5
+        started = time.monotonic()  # the server saw the connection no earlier than connect() began
+        assert closed_by_server(idle, timeout_s=bound_s)
+        assert idle_s - 0.05 <= time.monotonic() - started
     running.wait_for(lambda: running.server.counters["tcp_idle_closed"] == 1)
 
 
@@ -348,6 +351,8 @@ def test_ipv6_address_binds_ipv6_sockets(serve: Callable[..., Running]) -> None:
     try:
         server = DnsServer(("::1", 0), StandInResponder())
     except OSError as exc:
+        if os.environ.get("CI") == "true":  # NB: CI has IPv6 loopback: never skip there
+            raise
         pytest.skip(f"IPv6 loopback unavailable: {exc}")
     server.responder.update(web_view())  # type: ignore[attr-defined]
     running = Running(server)

@@ -166,7 +166,7 @@ class Agent:
         return host.strip("[]"), int(port)
 
     def dns_child_pid(self) -> int | None:
-        """The pid of this agent's DNS child process (``registry_dns.process``), or None (Linux /proc)."""
+        """The pid of this agent's DNS child process (``registry_dns.child``), or None (Linux /proc)."""
         if not self.alive:
             return None
         for entry in Path("/proc").iterdir():
@@ -178,7 +178,7 @@ class Agent:
             except OSError:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == self.pid and fields[0] != "Z" and b"registry_dns.process" in cmdline:
+            if int(fields[1]) == self.pid and fields[0] != "Z" and b"registry_dns.child" in cmdline:
                 return int(entry.name)
         return None
 
