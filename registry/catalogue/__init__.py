@@ -33,7 +33,7 @@ from .commands import (
     default_instance_id,
     encode_request,
 )
-from .model import AddressKind, Instance
+from .model import AddressKind, Check, CheckKind, HealthStatus, Instance
 from .state import (
     INVALID,
     MAX_SESSIONS,
@@ -59,7 +59,7 @@ __all__ = [
     "NOT_FOUND",
     "STALE_SEQ",
     "VERSION",
-    "AddressKind",
+    "AddressKind", "Check", "CheckKind", "HealthStatus",
     "Applied",
     "Catalogue",
     "CatalogueView",

@@ -1,4 +1,4 @@
-"""The catalogue's value type: one registered instance of a service."""
+"""The catalogue's value types: one registered instance of a service, and its health check."""
 
 from __future__ import annotations
 
@@ -14,6 +14,37 @@ class AddressKind(enum.Enum):
     HOST = "host"
 
 
+class HealthStatus(enum.Enum):
+    """Whether DNS serves an instance. Changed only by committed commands (docs/health.md)."""
+
+    PASSING = "passing"
+    CRITICAL = "critical"
+
+
+class CheckKind(enum.Enum):
+    TTL = "ttl"  # the instance (or its keepalive) must renew within ttl_ms
+    TCP = "tcp"  # the leader connects to the instance's address and port
+    HTTP = "http"  # the leader GETs url; a 2xx status is a success
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """How an instance's health is decided. Times are integer milliseconds.
+
+    Made by ``validation.validate_check`` (or decoded from a validated entry), so every field is
+    in range for its kind; fields that do not apply to the kind are 0 or "".
+    """
+
+    kind: CheckKind
+    ttl_ms: int = 0  # TTL: renewed within this, or critical
+    url: str = ""  # HTTP: "http://HOST:PORT/path"
+    interval_ms: int = 0  # TCP/HTTP: probe period
+    timeout_ms: int = 0  # TCP/HTTP: one probe's limit (<= interval_ms)
+    failures: int = 3  # TCP/HTTP: critical after this many consecutive failures
+    successes: int = 2  # TCP/HTTP: passing again after this many consecutive successes
+    deregister_after_ms: int = 0  # any kind: removed after this long critical; 0 = never
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """One instance of a service: where to reach it, and what it says about itself.
@@ -26,7 +57,12 @@ class Instance:
     - ``address``: a normalised IPv4 or IPv6 address (``ipaddress``'s text form), or a lowercase
       host name without a trailing dot;
     - ``tags``: sorted, lowercase, unique DNS labels;
-    - ``meta``: ``(key, value)`` pairs sorted by key, keys unique.
+    - ``meta``: ``(key, value)`` pairs sorted by key, keys unique;
+    - ``check``: how its health is decided, or None (always passing);
+    - ``status``, ``since_ms``: its health and the wall-clock time (ms, from the command that set
+      it) of its registration or last transition;
+    - ``revision``: the log index of the Register that created or last replaced it, so a late
+      health command for an older incarnation changes nothing.
     """
 
     id: str
@@ -35,6 +71,15 @@ class Instance:
     port: int
     tags: tuple[str, ...] = ()
     meta: tuple[tuple[str, str], ...] = ()
+    check: Check | None = None
+    status: HealthStatus = HealthStatus.PASSING
+    since_ms: int = 0
+    revision: int = 0
+
+    @property
+    def serving(self) -> bool:
+        """True if DNS answers with this instance: it is not critical."""
+        return self.status is HealthStatus.PASSING
 
     @property
     def address_kind(self) -> AddressKind:
