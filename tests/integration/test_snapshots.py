@@ -105,9 +105,7 @@ def assert_same_everywhere(cluster: Cluster, expected: set[tuple[str, str]] | No
 
 def converge_and_count(cluster: Cluster, name: str) -> dict:
     cluster.wait_converged(60)
-    status = cluster.statuses([name])[name]
-    assert isinstance(status, NodeStatus), status
-    return snapshot_of(status)
+    return snapshot_of(cluster.status(name))
 
 
 def test_a_follower_behind_the_compacted_log_rejoins_through_a_snapshot(make_cluster: Callable[..., Cluster]) -> None:
@@ -121,7 +119,7 @@ def test_a_follower_behind_the_compacted_log_rejoins_through_a_snapshot(make_clu
     try:
         live = [n for n in cluster.names if n != follower]
         acked = write_many(cluster, live, 50_000, clients=48)
-        snap = snapshot_of(cluster.statuses([leader.node])[leader.node])  # type: ignore[arg-type]
+        snap = snapshot_of(cluster.status(leader.node))
         assert snap["taken"] >= 8 and snap["log_first_index"] > 40_000, snap
     finally:
         cluster[follower].signal(signal.SIGCONT)
@@ -149,7 +147,7 @@ def test_a_restart_after_compaction_keeps_every_acknowledged_write(make_cluster:
     snapshot plus the log tail, and every acknowledged write is still there, on every node."""
     cluster = make_cluster(3, extra_args=SNAPSHOT_ARGS)
     acked = write_many(cluster, cluster.names, 4000)
-    before = {n: snapshot_of(s) for n, s in cluster.statuses().items()}  # type: ignore[arg-type]
+    before = {n: snapshot_of(cluster.status(n)) for n in cluster.names}
     assert all(s["taken"] >= 2 for s in before.values()), before
     cluster.kill_all(signal.SIGKILL)
     cluster.start()
@@ -157,7 +155,7 @@ def test_a_restart_after_compaction_keeps_every_acknowledged_write(make_cluster:
     cluster.wait_for_leader()
     for name in cluster.names:
         assert "restored the snapshot at index 0 " not in cluster[name].log_text().split("start #2")[-1], name
-    after = {n: snapshot_of(s) for n, s in cluster.statuses().items()}  # type: ignore[arg-type]
+    after = {n: snapshot_of(cluster.status(n)) for n in cluster.names}
     for name, snap in after.items():
         assert snap["index"] >= 2000 and snap["stored_index"] == snap["index"], (name, snap)
     assert_same_everywhere(cluster, acked)
@@ -183,9 +181,7 @@ def test_kill_9_during_a_snapshot_transfer_then_recovery(make_cluster: Callable[
             return poll(what, lambda: link.held, TRANSFER_TIMEOUT_S, describe=lambda: f"forwarded {link.forwarded}")
 
         def assert_leader_sending_snapshot() -> None:
-            status = cluster.statuses([leader])[leader]
-            assert isinstance(status, NodeStatus), status
-            peer = status.peers.get(follower)
+            peer = cluster.status(leader).peers.get(follower)
             assert peer is not None and peer.state == "snapshot", f"{leader}'s progress for {follower}: {peer}"
 
         link.hold_next_chunk()
@@ -193,7 +189,7 @@ def test_kill_9_during_a_snapshot_transfer_then_recovery(make_cluster: Callable[
         try:
             live = [n for n in cluster.names if n != follower]
             acked = write_many(cluster, live, 5000, meta_bytes=1000)  # a snapshot of about 5 MB: 5+ chunks
-            snap = snapshot_of(cluster.statuses([leader])[leader])  # type: ignore[arg-type]
+            snap = snapshot_of(cluster.status(leader))
             assert snap["bytes"] > 4 * 1024**2, snap
         finally:
             cluster[follower].signal(signal.SIGCONT)
@@ -214,8 +210,7 @@ def test_kill_9_during_a_snapshot_transfer_then_recovery(make_cluster: Callable[
         # first try to go on where it was, and is told the follower holds nothing).
         assert any(c.offset == 0 and c.index == held.index for c in again), again
         assert not any(c.done for c in again), again
-        restarted = cluster.statuses([follower])[follower]
-        assert isinstance(restarted, NodeStatus), restarted
+        restarted = cluster.status(follower)
         assert snapshot_of(restarted)["installed"] == 0 and restarted.applied < held.index, restarted
         assert_leader_sending_snapshot()
         cluster.kill(leader, signal.SIGKILL)
@@ -225,8 +220,7 @@ def test_kill_9_during_a_snapshot_transfer_then_recovery(make_cluster: Callable[
         # The follower's log ends before the compacted entries: only `other` can win.
         assert cluster.wait_for_leader(names=survivors).node == other
         cluster.wait_converged(60, names=survivors)
-        recovered = cluster.statuses([follower])[follower]
-        assert isinstance(recovered, NodeStatus), recovered
+        recovered = cluster.status(follower)
         assert snapshot_of(recovered)["installed"] >= 1, recovered
         assert any(c.done for c in links[(other, follower)].forwarded), links[(other, follower)].forwarded
         cluster.restart(leader)
