@@ -27,7 +27,7 @@ from registry.node.config import NodeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 10.0  # SIGTERM to exit, before SIGKILL
-START_TIMEOUT_S = 30.0  # an agent answers `status` (imports are slow on a loaded machine)
+START_TIMEOUT_S = 60.0  # an agent answers `status` (imports and the DNS child are slow on a loaded machine)
 LEADER_TIMEOUT_S = 30.0
 STATUS_WAIT_S = 5.0  # one status request to a node that is up, when its answer is needed (not polled)
 POLL_S = 0.05
