@@ -11,6 +11,7 @@ SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import socket
 import subprocess
@@ -22,14 +23,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from registry.client import Client, NodeStatus, RegistryError, Services
+from registry.node.config import NodeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 10.0  # SIGTERM to exit, before SIGKILL
-START_TIMEOUT_S = 30.0  # an agent answers `status` (imports are slow on a loaded machine)
+START_TIMEOUT_S = 60.0  # an agent answers `status` (imports and the DNS child are slow on a loaded machine)
 LEADER_TIMEOUT_S = 30.0
+STATUS_WAIT_S = 5.0  # one status request to a node that is up, when its answer is needed (not polled)
 POLL_S = 0.05
 # The ports `registry up` uses; the harness never hands them out.
 RESERVED_PORTS = frozenset({*range(7001, 7010), *range(7101, 7110), *range(8600, 8609)})
+
+# The agents' timing, as configured (the harness passes none of these flags): deadlines on timing
+# come from them, plus LOAD_MARGIN_S for scheduling delays on a busy 2-core machine (CI runs
+# `pytest -n auto` there).
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(NodeConfig)}
+TICK_S = _DEFAULTS["tick_interval_ms"] / 1000
+ELECTION_TIMEOUT_MAX_S = (2 * _DEFAULTS["election_ticks"] - 1) * TICK_S  # the core draws from [E, 2E-1] ticks
+LOAD_MARGIN_S = 2.0
 
 T = TypeVar("T")
 
@@ -299,6 +310,21 @@ class Cluster:
             return {}
         with Client([self.agents[n].client for n in names], timeout_s=wait_s) as client:
             return dict(zip(names, client.status_all(), strict=True))
+
+    def status(self, name: str, *, timeout_s: float = START_TIMEOUT_S) -> NodeStatus:
+        """One running node's status, asked again until it answers (a node busy on a loaded
+        machine may miss one short deadline), or TimeoutError naming what it said."""
+        last: dict[str, Any] = {}
+
+        def check() -> NodeStatus | None:
+            agent = self.agents[name]
+            if not agent.alive:
+                raise AssertionError(f"{name} {agent.state()}:\n{agent.tail()}")
+            last.update(self.statuses([name], wait_s=STATUS_WAIT_S))
+            got = last[name]
+            return got if isinstance(got, NodeStatus) else None
+
+        return poll(f"{name} answering status", check, timeout_s, describe=lambda: repr(last))
 
     def wait_answering(self, names: Sequence[str] | None = None, *, timeout_s: float = START_TIMEOUT_S) -> None:
         """Wait until every one of ``names`` (default: all) answers ``status``; fail at once if

@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -28,8 +29,8 @@ from .cluster import Cluster, poll, run_cli
 
 pytestmark = pytest.mark.integration
 
-WAIT_S = 15.0
-QUERY_TIMEOUT_S = 2.0
+WAIT_S = 30.0  # a node (and its DNS child) applying a restore, on a loaded machine
+QUERY_TIMEOUT_S = 5.0
 
 
 def _servers(cluster: Cluster) -> list[str]:
@@ -46,6 +47,16 @@ def _dns(at: tuple[str, int], name: str, rdtype: str, *, tcp: bool = False) -> t
     query = dns.query.tcp if tcp else dns.query.udp
     reply = query(dns.message.make_query(name, rdtype, use_edns=False), at[0], port=at[1], timeout=QUERY_TIMEOUT_S)
     return reply.rcode(), sorted(rr.to_text() for rrset in reply.answer for rr in rrset)
+
+
+def _dns_answers(at: tuple[str, int], name: str, rdtype: str, *, tcp: bool = False) -> list[str] | None:
+    """The sorted answer rdata of a NOERROR reply; None for any other rcode, or no reply in time
+    (when polled: a responder busy applying a restore may miss one query's deadline)."""
+    try:
+        rcode, answers = _dns(at, name, rdtype, tcp=tcp)
+    except dns.exception.Timeout:
+        return None
+    return answers if rcode == dns.rcode.NOERROR else None
 
 
 def _json(result) -> dict:  # type: ignore[no-untyped-def]
@@ -108,14 +119,16 @@ def test_save_inspect_change_restore_round_trip(cluster: Cluster, tmp_path: Path
     for name, at in cluster.dns_addresses().items():
         def dns_restored(at: tuple[str, int] = at) -> bool | None:
             for service, addresses in expected_a.items():
-                rcode, answers = _dns(at, f"{service}.service.registry.", "A")
-                if rcode != dns.rcode.NOERROR or answers != addresses:
+                if _dns_answers(at, f"{service}.service.registry.", "A") != addresses:
                     return None
-            rcode, _ = _dns(at, "cache.service.registry.", "A")
+            try:
+                rcode, _ = _dns(at, "cache.service.registry.", "A")
+            except dns.exception.Timeout:
+                return None
             return True if rcode == dns.rcode.NXDOMAIN else None
 
         poll(f"{name}'s DNS serves the restored catalogue", dns_restored, WAIT_S,
-             describe=lambda at=at: repr([_dns(at, f"{s}.service.registry.", "A") for s in (*expected_a, "cache")]))
+             describe=lambda at=at: repr([_dns_answers(at, f"{s}.service.registry.", "A") for s in expected_a]))
         rcode, srv = _dns(at, "web.service.registry.", "SRV")
         assert rcode == dns.rcode.NOERROR and [r.split()[2] for r in srv] == ["8080", "8080"], (name, srv)
 
@@ -192,5 +205,5 @@ def test_a_restore_larger_than_a_normal_request_is_forwarded_and_applied_everywh
             assert {i.address for i in local["svc7"]} == want, name
         at = cluster[name].dns_address
         poll(f"{name}'s DNS serves the restored svc7",
-             lambda at=at: True if set(_dns(at, "svc7.service.registry.", "A", tcp=True)[1]) == want else None,
-             WAIT_S)
+             lambda at=at: True if set(_dns_answers(at, "svc7.service.registry.", "A", tcp=True) or ()) == want
+             else None, WAIT_S)

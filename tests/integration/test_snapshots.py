@@ -22,9 +22,12 @@ import dns.rdatatype
 from registry.client import Client, NodeStatus
 
 from .cluster import Cluster, poll
+from .linkproxy import Chunk, proxied_links
 
 SNAPSHOT_ARGS = ("--snapshot-entries", "1000", "--snapshot-keep", "200")
 SERVICES = 20
+# A transfer of a few MB between processes on loopback, on a loaded machine: far more than it takes.
+TRANSFER_TIMEOUT_S = 120.0
 
 
 def address(i: int) -> str:
@@ -102,9 +105,7 @@ def assert_same_everywhere(cluster: Cluster, expected: set[tuple[str, str]] | No
 
 def converge_and_count(cluster: Cluster, name: str) -> dict:
     cluster.wait_converged(60)
-    status = cluster.statuses([name])[name]
-    assert isinstance(status, NodeStatus), status
-    return snapshot_of(status)
+    return snapshot_of(cluster.status(name))
 
 
 def test_a_follower_behind_the_compacted_log_rejoins_through_a_snapshot(make_cluster: Callable[..., Cluster]) -> None:
@@ -118,7 +119,7 @@ def test_a_follower_behind_the_compacted_log_rejoins_through_a_snapshot(make_clu
     try:
         live = [n for n in cluster.names if n != follower]
         acked = write_many(cluster, live, 50_000, clients=48)
-        snap = snapshot_of(cluster.statuses([leader.node])[leader.node])  # type: ignore[arg-type]
+        snap = snapshot_of(cluster.status(leader.node))
         assert snap["taken"] >= 8 and snap["log_first_index"] > 40_000, snap
     finally:
         cluster[follower].signal(signal.SIGCONT)
@@ -146,7 +147,7 @@ def test_a_restart_after_compaction_keeps_every_acknowledged_write(make_cluster:
     snapshot plus the log tail, and every acknowledged write is still there, on every node."""
     cluster = make_cluster(3, extra_args=SNAPSHOT_ARGS)
     acked = write_many(cluster, cluster.names, 4000)
-    before = {n: snapshot_of(s) for n, s in cluster.statuses().items()}  # type: ignore[arg-type]
+    before = {n: snapshot_of(cluster.status(n)) for n in cluster.names}
     assert all(s["taken"] >= 2 for s in before.values()), before
     cluster.kill_all(signal.SIGKILL)
     cluster.start()
@@ -154,7 +155,7 @@ def test_a_restart_after_compaction_keeps_every_acknowledged_write(make_cluster:
     cluster.wait_for_leader()
     for name in cluster.names:
         assert "restored the snapshot at index 0 " not in cluster[name].log_text().split("start #2")[-1], name
-    after = {n: snapshot_of(s) for n, s in cluster.statuses().items()}  # type: ignore[arg-type]
+    after = {n: snapshot_of(cluster.status(n)) for n in cluster.names}
     for name, snap in after.items():
         assert snap["index"] >= 2000 and snap["stored_index"] == snap["index"], (name, snap)
     assert_same_everywhere(cluster, acked)
@@ -163,38 +164,67 @@ def test_a_restart_after_compaction_keeps_every_acknowledged_write(make_cluster:
 
 
 def test_kill_9_during_a_snapshot_transfer_then_recovery(make_cluster: Callable[..., Cluster]) -> None:
-    """A snapshot of several 1 MiB chunks: the receiving follower is killed -9 while it arrives,
-    then the leader is killed -9 while the restarted follower gets it again. The cluster
-    recovers, and every node ends with every acknowledged write."""
-    cluster = make_cluster(3, extra_args=SNAPSHOT_ARGS)
-    leader = cluster.wait_for_leader().node
-    follower = next(n for n in cluster.names if n != leader)
+    """A snapshot of several 1 MiB chunks, sent through a proxy that holds the transfer after
+    the receiver acknowledged its first chunk: the follower is killed -9 with part of the snapshot
+    and not all of it; restarted, it gets the snapshot again from byte 0; the leader is killed -9
+    in the middle of that second transfer. The new leader sends the follower its own snapshot,
+    which it installs, and every node ends with every acknowledged write."""
+    cluster = make_cluster(3, start=False, extra_args=SNAPSHOT_ARGS)
+    with proxied_links(cluster) as links:
+        cluster.start()
+        cluster.wait_answering()
+        leader = cluster.wait_for_leader().node
+        follower, other = (n for n in cluster.names if n != leader)
+        link = links[(leader, follower)]
 
-    def sending_snapshot() -> bool | None:
-        """The leader's progress for the follower is in `snapshot` state: a transfer is under way."""
-        status = cluster.statuses([leader])[leader]
-        peer = status.peers.get(follower) if isinstance(status, NodeStatus) else None
-        return True if peer is not None and peer.state == "snapshot" else None
+        def held_chunk(what: str) -> Chunk:
+            return poll(what, lambda: link.held, TRANSFER_TIMEOUT_S, describe=lambda: f"forwarded {link.forwarded}")
 
-    cluster[follower].signal(signal.SIGSTOP)
-    try:
-        live = [n for n in cluster.names if n != follower]
-        acked = write_many(cluster, live, 5000, meta_bytes=1000)  # a snapshot of about 5 MB: 5+ chunks
-        snap = snapshot_of(cluster.statuses([leader])[leader])  # type: ignore[arg-type]
-        assert snap["bytes"] > 4 * 1024**2, snap
-    finally:
-        cluster[follower].signal(signal.SIGCONT)
-    # NB: the leader starts the transfer once the follower answers again (its probe was paused).
-    poll("the leader sending the woken follower a snapshot", sending_snapshot, 30, interval_s=0.002)
-    cluster.kill(follower, signal.SIGKILL)
-    cluster.restart(follower)
-    poll("the leader sending the restarted follower a snapshot", sending_snapshot, 30, interval_s=0.002)
-    cluster.kill(leader, signal.SIGKILL)
-    survivors = [n for n in cluster.names if n != leader]
-    cluster.wait_for_leader(names=survivors)
-    cluster.wait_converged(60, names=survivors)
-    cluster.restart(leader)
-    cluster.wait_for_leader()
-    assert_same_everywhere(cluster, acked)
-    acked |= write_many(cluster, cluster.names, 200, start=5000, clients=8)
-    assert_same_everywhere(cluster, acked)
+        def assert_leader_sending_snapshot() -> None:
+            peer = cluster.status(leader).peers.get(follower)
+            assert peer is not None and peer.state == "snapshot", f"{leader}'s progress for {follower}: {peer}"
+
+        link.hold_next_chunk()
+        cluster[follower].signal(signal.SIGSTOP)
+        try:
+            live = [n for n in cluster.names if n != follower]
+            acked = write_many(cluster, live, 5000, meta_bytes=1000)  # a snapshot of about 5 MB: 5+ chunks
+            snap = snapshot_of(cluster.status(leader))
+            assert snap["bytes"] > 4 * 1024**2, snap
+        finally:
+            cluster[follower].signal(signal.SIGCONT)
+        # NB: the leader starts the transfer once the follower answers again (its probe was paused).
+        held = held_chunk("the leader's link to the woken follower holding the snapshot's second chunk")
+        # The leader sends a chunk at a non-zero offset only once the follower acknowledged the
+        # bytes before it; nothing beyond them passed: the follower holds part of the snapshot.
+        assert any(c.offset == 0 and c.index == held.index for c in link.forwarded), link.forwarded
+        assert not any(c.done for c in link.forwarded), link.forwarded
+        assert_leader_sending_snapshot()
+        cluster.kill(follower, signal.SIGKILL)
+
+        link.hold_next_chunk()
+        cluster.restart(follower)
+        held = held_chunk("the leader's link to the restarted follower holding the snapshot's second chunk")
+        again = link.forwarded
+        # Its partial copy died with it: the transfer starts over from byte 0 (the leader may
+        # first try to go on where it was, and is told the follower holds nothing).
+        assert any(c.offset == 0 and c.index == held.index for c in again), again
+        assert not any(c.done for c in again), again
+        restarted = cluster.status(follower)
+        assert snapshot_of(restarted)["installed"] == 0 and restarted.applied < held.index, restarted
+        assert_leader_sending_snapshot()
+        cluster.kill(leader, signal.SIGKILL)
+        link.release()
+
+        survivors = [follower, other]
+        # The follower's log ends before the compacted entries: only `other` can win.
+        assert cluster.wait_for_leader(names=survivors).node == other
+        cluster.wait_converged(60, names=survivors)
+        recovered = cluster.status(follower)
+        assert snapshot_of(recovered)["installed"] >= 1, recovered
+        assert any(c.done for c in links[(other, follower)].forwarded), links[(other, follower)].forwarded
+        cluster.restart(leader)
+        cluster.wait_for_leader()
+        assert_same_everywhere(cluster, acked)
+        acked |= write_many(cluster, cluster.names, 200, start=5000, clients=8)
+        assert_same_everywhere(cluster, acked)

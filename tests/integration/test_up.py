@@ -1,7 +1,8 @@
 """`registry up`: the README's local cluster on its fixed ports, driven through the real CLI.
 
 NB: the only test that uses the fixed ports (raft 7001-7003, client 7101-7103, DNS 8600-8602);
-it skips, saying which ports, when another program holds any of them.
+it skips, saying which ports, when another program holds any of them, except on CI (CI set),
+where nothing else should hold them and a skip would hide that the test never ran: it fails.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -40,6 +42,13 @@ def busy_ports() -> list[str]:
                 except OSError:
                     busy.append(f"{name}/{port}")
     return busy
+
+
+def ports_busy(reason: str) -> NoReturn:
+    """Skip the test, or fail it on CI (see the module docstring)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; on CI this test must run, not skip")
+    pytest.skip(reason)
 
 
 def children_of(pid: int) -> list[int]:
@@ -109,7 +118,7 @@ class Up:
         if got == "exited":
             err = self.stderr_path.read_text(errors="replace")
             if self.proc.returncode == 1 and "ports in use" in err:  # lost a race with another program
-                pytest.skip(f"registry up's fixed ports became busy: {err.strip()}")
+                ports_busy(f"registry up's fixed ports became busy: {err.strip()}")
             raise AssertionError(f"registry up exited {self.proc.returncode}:\n{self.output()}")
         return got
 
@@ -162,7 +171,7 @@ def test_registry_up_serves_the_cli_stops_on_sigint_and_keeps_its_data(tmp_path:
     agent running; and a second `registry up` on D still has the registration."""
     busy = busy_ports()
     if busy:
-        pytest.skip(f"registry up needs the fixed ports 7001-7003, 7101-7103 and 8600-8602; busy now: "
+        ports_busy(f"registry up needs the fixed ports 7001-7003, 7101-7103 and 8600-8602; busy now: "
                     f"{', '.join(busy)} (another cluster or benchmark is running)")
     data_dir = tmp_path / "up"
     up = Up(data_dir, tmp_path, 1)

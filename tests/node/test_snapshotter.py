@@ -135,9 +135,11 @@ def test_initial_state_with_a_snapshot_starts_the_core_there(tmp_path: Path) -> 
     node.write(25)
     node.snapshots.maybe_start(node.catalogue, node.term, MEMBERS)
     node.finish()
+    taken = node.raw.status().snapshot_index
+    node.write(3, start=25)  # a tail after the snapshot
     node.storage.close()
     with LmdbStorage(tmp_path, node_name="n1", cluster_id="c1") as store:
         state = store.initial_state(MEMBERS)
         assert isinstance(state, InitialState) and state.snapshot_data
-        assert state.snapshot == SnapshotMeta(state.snapshot.index, Term(1), MEMBERS)
-        assert all(e.index > state.snapshot.index for e in state.entries)
+        assert state.snapshot == SnapshotMeta(Index(taken), Term(1), MEMBERS)
+        assert [e.index for e in state.entries] == [taken + 1, taken + 2, taken + 3]

@@ -7,12 +7,15 @@ Either way initial_state() returns the newest durable snapshot and the entries a
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
@@ -303,12 +306,45 @@ class TestLmdbSnapshotFiles:
         assert not (tmp_path / ".compact.tmp").exists()
 
     def test_a_failed_snapshot_write_is_a_storage_error(self, tmp_path: Path) -> None:
+        """A snapshot file that cannot be written (a full disk; for a user other than root, a
+        read-only directory) is a StorageError naming the file, leaves no partial file behind,
+        and the store writes the next one once the disk has room again."""
+        snapshots = tmp_path / "snapshots"
         with open_lmdb(tmp_path) as store:
-            os.chmod(tmp_path / "snapshots", 0o500)
-            try:
-                if os.geteuid() == 0:
-                    pytest.skip("root ignores directory permissions")
-                with pytest.raises(StorageError, match="snapshot file"):
+            with unwritable(snapshots) as why:
+                before = set(snapshots.iterdir())
+                with pytest.raises(StorageError, match="snapshot file") as failed:
                     store.write_snapshot(snap(1))
-            finally:
-                os.chmod(tmp_path / "snapshots", 0o700)
+                assert set(snapshots.iterdir()) == before, f"left behind on a {why} directory"
+            assert isinstance(failed.value.__cause__, OSError) and failed.value.__cause__.errno == (
+                errno.ENOSPC if why == "full" else errno.EACCES), failed.value
+            path = store.write_snapshot(snap(1))
+            assert read_snapshot_header(path).meta == snap(1).meta
+
+
+@contextmanager
+def unwritable(directory: Path) -> Iterator[str]:
+    """Make writing a new file in ``directory`` fail for real; yields how. As root, whom
+    permissions do not stop (CI runs as root), a small tmpfs mounted over it and filled up:
+    writes fail with ENOSPC. Otherwise the directory is made read-only: EACCES. Undone on exit."""
+    if os.geteuid() != 0:
+        os.chmod(directory, 0o500)
+        try:
+            yield "read-only"
+        finally:
+            os.chmod(directory, 0o700)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(directory)], check=True,
+                   capture_output=True, timeout=30)
+    try:
+        fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        finally:
+            os.close(fd)
+        yield "full"
+    finally:
+        subprocess.run(["umount", str(directory)], check=True, capture_output=True, timeout=30)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +49,22 @@ NODES = ("n1", "n2", "n3")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STAGE = "/mnt/registry-stage"
 DNS53 = ("127.0.0.2", 53)
+
+UNIT = ROOT / "systemd" / "registry@.service"
+
+
+def unit_seconds(key: str) -> float:
+    """A ``Key=Ns`` setting of the unit file, in seconds: the deadlines below come from it."""
+    match = re.search(rf"^{key}=(\d+)s$", UNIT.read_text(), re.MULTILINE)
+    assert match is not None, f"{key}= (in whole seconds) not found in {UNIT}"
+    return float(match.group(1))
+
+
+START_S = unit_seconds("TimeoutStartSec")  # systemd fails a start (to READY=1) that takes longer
+RESTART_S = unit_seconds("RestartSec") + START_S  # from a crash to active again
+# A stopped process misses WatchdogSec of pings: SIGABRT (pending while it is stopped), then
+# SIGKILL after TimeoutAbortSec, then a restart.
+WATCHDOG_RESTART_S = unit_seconds("WatchdogSec") + unit_seconds("TimeoutAbortSec") + RESTART_S
 
 pytestmark = [
     pytest.mark.slow,
@@ -296,7 +313,7 @@ def test_three_nodes_under_systemd(timings: dict[str, float]) -> None:
             t = time.monotonic()
             box.run("systemctl", "start", "--no-block", *units)
             try:
-                wait_for("all three units active", all_active, 60)
+                wait_for("all three units active", all_active, START_S)
             except BaseException:
                 for u in units:
                     log(f"{u}: {show(u, 'ActiveState', 'SubState', 'Result')}\n{journal(u)[-3000:]}")
@@ -355,7 +372,7 @@ def test_three_nodes_under_systemd(timings: dict[str, float]) -> None:
                       and int(now["NRestarts"]) > int(old["NRestarts"]))
                 return now if ok else None
 
-            after = wait_for(f"{victim} restarted after kill -9", lambda: restarted(victim, before), 30)
+            after = wait_for(f"{victim} restarted after kill -9", lambda: restarted(victim, before), RESTART_S)
             timings["kill -9 to active again"] = time.monotonic() - t
             log(f"{victim}: {before} -> {after}")
             assert "status=9/KILL" in journal(victim)
@@ -372,7 +389,7 @@ def test_three_nodes_under_systemd(timings: dict[str, float]) -> None:
             assert before["WatchdogUSec"] not in ("0", "infinity"), before
             box.run("kill", "-STOP", before["MainPID"])
             t = time.monotonic()
-            after = wait_for(f"{victim} restarted by its watchdog", lambda: restarted(victim, before), 60)
+            after = wait_for(f"{victim} restarted by its watchdog", lambda: restarted(victim, before), WATCHDOG_RESTART_S)
             timings["SIGSTOP to active again"] = time.monotonic() - t
             log(f"{victim}: {before} -> {after}")
             assert "Watchdog timeout" in journal(victim), journal(victim)[-3000:]

@@ -17,7 +17,7 @@ from registry.raft import Heartbeat, Index, NodeId, Term
 from registry.transport import TransportError, Wire, ZmqTransport
 
 HOST = "127.0.0.1"
-WAIT_S = 5.0  # the bound on any wait; a healthy loopback needs milliseconds (reconnects: <= 1 s)
+WAIT_S = 15.0  # the bound on any wait; a healthy loopback needs milliseconds (reconnects: <= 1 s)
 
 
 def nid(name: str) -> NodeId:
