@@ -8,7 +8,8 @@ apply (the replica, then the DNS child), advance. The rooms:
 - ``ops.ClientOps`` and ``snapshot_ops.SnapshotOps``: what each client operation does;
 - ``replica.Replica``: the catalogue and its applied term;
 - ``status``: `registry status`, systemd's STATUS=, the DNS child's staleness input;
-- ``snapshotter.Snapshotter``: the node's own snapshots, off the loop.
+- ``snapshotter.Snapshotter``: the node's own snapshots, off the loop;
+- ``health.HealthRoom``: TTL heartbeats, the prober child, the leader's health transitions.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from registry.raft import (
     Snapshot,
 )
 from registry.storage import LmdbStorage, Storage
+from registry.health import Prober, ProberSettings
 from registry.transport import Forward, ForwardOp, Transport, ZmqTransport
 from registry_dns.process import DnsProcess
 from registry_dns.settings import DnsSettings
 
 from .client_api import MAX_RESTORE_REQUEST_BYTES, ClientServer
 from .config import NodeConfig
+from .health import MAX_HEARTBEAT_BYTES, HealthRoom
 from .ops import ClientOps, render
 from .replica import Replica
 from .requests import Requests
@@ -57,7 +60,8 @@ MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
 #: The largest forwarded proposal a leader accepts, per ForwardOp: an encoded register or
 #: deregister stays far below the first; a restore carries a whole catalogue. The catalogue still
 #: checks every entry when it applies it; this only bounds what a peer can make a leader log.
-MAX_FORWARD_BYTES = {ForwardOp.WRITE: 128 * 1024, ForwardOp.RESTORE: MAX_RESTORE_REQUEST_BYTES}
+MAX_FORWARD_BYTES = {ForwardOp.WRITE: 128 * 1024, ForwardOp.RESTORE: MAX_RESTORE_REQUEST_BYTES,
+                     ForwardOp.HEARTBEAT: MAX_HEARTBEAT_BYTES}
 # NB: every second the young generations are collected and the survivors frozen (gc.freeze):
 # the Raft log (one tracked object per entry) and the catalogue (a few per instance) reach
 # millions of long-lived, acyclic objects, and a full cyclic collection over them took 0.36-0.42 s
@@ -103,6 +107,7 @@ class Node:
         self.client: ClientServer | None = None
         self.dns: DnsProcess | None = None
         self.snapshots: Snapshotter | None = None
+        self.prober: Prober | None = None
         self.replica = Replica()
         try:
             state = self.storage.initial_state(Membership(frozenset(self.names)))
@@ -124,11 +129,18 @@ class Node:
                                      timeout_s=config.request_timeout_s, tick_s=config.tick_interval_ms / 1000)
             self.status = StatusReport(config=config, names=self.names, raw=raw, replica=self.replica,
                                        storage=self.storage, snapshots=self.snapshots, stats=self.stats,
-                                       dns=lambda: self.dns, clock=clock)
+                                       dns=lambda: self.dns, clock=clock,
+                                       sections={"health": lambda: self.health.status()})
             snapshot_ops = SnapshotOps(requests=self.requests, replica=self.replica, raw=raw, replies=client,
                                        request_timeout_s=config.request_timeout_s)
+            # NB: probes run in a child process, never on this loop: a slow or hanging probe cannot
+            # delay a heartbeat, and 10,000 checks do not share this interpreter (docs/health.md).
+            self.prober = Prober(ProberSettings(), logger=logging.getLogger("registry.health"))
+            self.prober.start(timeout_s=10)
+            self.health = HealthRoom(raw=raw, replica=self.replica, requests=self.requests, prober=self.prober,
+                                     forward=self._forward, log=self.log, clock=clock)
             self.ops = ClientOps(requests=self.requests, replica=self.replica, replies=client,
-                                 snapshots=snapshot_ops, status=self.status)
+                                 snapshots=snapshot_ops, health=self.health, status=self.status)
             # NB: DNS runs in a child process with its own catalogue replica, fed every committed
             # entry, so DNS load and Raft work never compete for one interpreter (docs/ARCHITECTURE.md).
             self.dns = DnsProcess(DnsSettings(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
@@ -165,6 +177,9 @@ class Node:
         poller = zmq.Poller()
         poller.register(self.transport.socket, zmq.POLLIN)
         poller.register(self.client.socket, zmq.POLLIN)
+        prober_fd = self.prober.fileno() if self.prober is not None else None
+        if prober_fd is not None:
+            poller.register(prober_fd, zmq.POLLIN)
         interval = self.config.tick_interval_ms / 1000
         next_tick = self.clock() + interval
         # Store open, state restored, Raft/client/DNS sockets bound (all in __init__): ready to
@@ -186,6 +201,8 @@ class Node:
                     self._receive_raft()
                 if self.client.socket in events:
                     self._receive_clients()
+                if prober_fd is not None and prober_fd in events:
+                    self.health.on_prober_readable(self.clock())
                 now = self.clock()
                 if now >= next_ping:  # only from here: a hung loop stops pinging and systemd kills it
                     assert ping_every is not None
@@ -197,6 +214,7 @@ class Node:
                         raw.tick()
                     next_tick = max(next_tick + behind * interval, now + interval / 2)
                     self.requests.tick(now)
+                    self.health.tick(now)
                     self._tell_dns_leader_contact(now)
                     if not snapshots.running:
                         self.storage.compact_step()  # what adopt_snapshot left, a bounded batch per tick
@@ -219,6 +237,9 @@ class Node:
         self.log.info("stopped")
 
     def close(self) -> None:
+        if self.prober is not None:
+            self.prober.stop()
+            self.prober = None
         if self.dns is not None:
             self.dns.stop()
             self.dns = None
@@ -256,6 +277,9 @@ class Node:
             self.stats.remote_errors += 1
             self.log.warning("dropped a forwarded %s of %d bytes from %s: over the limit of %d", message.op.name,
                              len(message.payload), self.names.get(message.source), MAX_FORWARD_BYTES[message.op])
+            return
+        if message.op is ForwardOp.HEARTBEAT:
+            self.health.forwarded_heartbeat(message.payload, self.clock())
             return
         try:
             self.raw.propose(message.payload)
@@ -321,9 +345,11 @@ class Node:
         if ready.committed:
             assert self.snapshots is not None
             self.snapshots.on_applied(ready.committed)
-            for applied in self.replica.apply(ready.committed):
+            applied_entries = self.replica.apply(ready.committed)
+            for applied in applied_entries:
                 self.stats.applied_entries += 1
                 self.requests.on_applied(applied)
+            self.health.on_applied(applied_entries, self.clock())
             if self.dns is not None:
                 # After the catalogue applied them, so the snapshot the child may ask for matches.
                 self.dns.apply([(e.index, int(e.kind), e.data) for e in ready.committed])
@@ -332,7 +358,9 @@ class Node:
     def _on_soft_state(self, ready: Ready) -> None:
         soft = ready.soft_state
         assert soft is not None and self.raw is not None
-        self.log.info("%s", describe(self.raw.basic_status(), self.names))
+        basic = self.raw.basic_status()
+        self.log.info("%s", describe(basic, self.names))
+        self.health.on_role(basic.role, int(basic.term), self.clock())
         if soft.leader_id:  # a leader is known again: send waiting writes now, not at the retry timer
             self.requests.on_leader_known(self.clock())
 

@@ -7,13 +7,18 @@ its reply in ``render``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from registry.catalogue import (
     Applied,
+    Check,
+    CheckKind,
+    CommandError,
     Deregister,
     Deregistered,
+    HealthSet,
     Register,
     Registered,
     Rejected,
@@ -21,9 +26,11 @@ from registry.catalogue import (
     Restored,
     ValidationError,
     encode_request,
+    validate_check,
 )
 
 from .client_api import ClientRequest
+from .health import HealthRoom
 from .replica import Replica
 from .requests import Caller, Failure, Outcome, Replies, Requests
 from .snapshot_ops import SnapshotOps, restored_reply
@@ -33,14 +40,18 @@ class ClientOps:
     """Dispatch of the client protocol's operations (docs/client-protocol.md)."""
 
     def __init__(self, *, requests: Requests, replica: Replica, replies: Replies, snapshots: SnapshotOps,
-                 status: Callable[[], dict[str, Any]]) -> None:
+                 health: HealthRoom, status: Callable[[], dict[str, Any]],
+                 wall: Callable[[], float] = time.time) -> None:
         self._requests = requests
         self._replica = replica
         self._replies = replies
+        self._health = health
         self._status = status
+        self._wall = wall
         self._handlers: dict[str, Callable[[ClientRequest, float], None]] = {
             "register": self._write, "deregister": self._write, "services": self._services,
             "status": self._answer_status, "snapshot_save": snapshots.save, "snapshot_restore": snapshots.restore,
+            "pass": self._pass,
         }
 
     def handle(self, request: ClientRequest, now: float) -> None:
@@ -54,7 +65,8 @@ class ClientOps:
             command: Register | Deregister = Register(
                 service=_arg(args, "service", str), address=_arg(args, "address", str), port=_arg(args, "port", int),
                 instance_id=_arg(args, "instance_id", str, optional=True), tags=tuple(_arg(args, "tags", list, default=[])),
-                meta=_arg(args, "meta", dict, default={}))
+                meta=_arg(args, "meta", dict, default={}), check=_check_arg(args),
+                at_ms=int(self._wall() * 1000))  # NB: stamped once: every retry carries the same bytes
         else:
             command = Deregister(service=_arg(args, "service", str),
                                  instance_id=_arg(args, "instance_id", str, optional=True),
@@ -77,6 +89,39 @@ class ClientOps:
         services = {name: [_instance_json(i) for i in view.instances(name)] for name in names}
         self._replies.reply(caller.identity, caller.request_id, {"index": view.applied_index, "services": services})
 
+    def _pass(self, request: ClientRequest, now: float) -> None:
+        """A TTL heartbeat: linearizably check that the instance exists, then renew it (the leader's
+        tracker, or forwarded to it). Costs no log entry unless the instance was critical."""
+        instance_id = _arg(request.args, "instance_id", str)
+        service = _arg(request.args, "service", str, optional=True)
+        caller = Caller(request.identity, request.request_id)
+        self._requests.read(caller, lambda done: self._answer_pass(done, instance_id, service), now)
+
+    def _answer_pass(self, caller: Caller, instance_id: str, service: str | None) -> None:
+        view = self._replica.view
+        names = [service.lower()] if service is not None else view.service_names()
+        found = [i for name in names if (i := view.instance(name, instance_id)) is not None]
+        if not found:
+            where = f"service {service!r}" if service is not None else "any service"
+            self._replies.error(caller.identity, caller.request_id, "not_found",
+                                f"no instance {instance_id!r} in {where} at index {view.applied_index} "
+                                "(deregistered, or never registered)")
+            return
+        if len(found) > 1:
+            self._replies.error(caller.identity, caller.request_id, "invalid",
+                                f"instance id {instance_id!r} is in services {sorted(i.service for i in found)}: "
+                                "name the service")
+            return
+        instance = found[0]
+        if instance.check is None or instance.check.kind is not CheckKind.TTL:
+            self._replies.error(caller.identity, caller.request_id, "invalid",
+                                f"instance {instance.service}/{instance.id} has no TTL check to renew")
+            return
+        self._health.heartbeat(instance)
+        self._replies.reply(caller.identity, caller.request_id, {
+            "service": instance.service, "instance_id": instance.id, "status": instance.status.value,
+            "index": view.applied_index})
+
     def _answer_status(self, request: ClientRequest, now: float) -> None:
         self._replies.reply(request.identity, request.request_id, self._status())
 
@@ -91,6 +136,8 @@ def render(applied: Applied) -> Outcome:
         return {"removed": list(result.removed), "index": applied.index}
     if isinstance(result, Restored):
         return restored_reply(result.services, result.instances, applied.index)
+    if isinstance(result, HealthSet):
+        return {"changed": result.changed, "index": applied.index}
     if isinstance(result, Rejected):
         return Failure(result.code, result.message)
     raise AssertionError(f"an applied write has no reply for {result!r}")
@@ -107,6 +154,46 @@ def _arg(args: dict[str, Any], key: str, kind: type, *, optional: bool = False, 
     return value
 
 
+def _check_arg(args: dict[str, Any]) -> Check | None:
+    """The `check` map of a register (docs/client-protocol.md), validated; None without one."""
+    raw = _arg(args, "check", dict, optional=True)
+    if raw is None:
+        return None
+    known = {"kind", "ttl_ms", "url", "interval_ms", "timeout_ms", "failures", "successes", "deregister_after_ms"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValidationError("check", f"unknown check fields {sorted(map(str, unknown))}; accepted: {sorted(known)}")
+    kind = raw.get("kind")
+    try:
+        check_kind = CheckKind(kind)
+    except ValueError:
+        raise ValidationError("check", f"check kind {kind!r} is not one of ttl, tcp, http") from None
+    fields = {k: v for k, v in raw.items() if k != "kind"}
+    for name, value in fields.items():
+        expected = str if name == "url" else int
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise ValidationError("check", f"check field {name!r} must be {expected.__name__}")
+    try:
+        return validate_check(Check(check_kind, **fields))
+    except CommandError as exc:
+        raise ValidationError("check", str(exc)) from None
+
+
+_CHECK_FIELDS = {
+    CheckKind.TTL: ("ttl_ms", "deregister_after_ms"),
+    CheckKind.TCP: ("interval_ms", "timeout_ms", "failures", "successes", "deregister_after_ms"),
+    CheckKind.HTTP: ("url", "interval_ms", "timeout_ms", "failures", "successes", "deregister_after_ms"),
+}
+
+
+def check_json(check: Check | None) -> dict[str, Any] | None:
+    """A check as the client protocol's map: its kind and the fields that apply to it."""
+    if check is None:
+        return None
+    return {"kind": check.kind.value, **{name: getattr(check, name) for name in _CHECK_FIELDS[check.kind]}}
+
+
 def _instance_json(instance: Any) -> dict[str, Any]:
     return {"id": instance.id, "address": instance.address, "port": instance.port,
-            "tags": list(instance.tags), "meta": dict(instance.meta)}
+            "tags": list(instance.tags), "meta": dict(instance.meta), "status": instance.status.value,
+            "since_ms": instance.since_ms, "check": check_json(instance.check), "revision": instance.revision}

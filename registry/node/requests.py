@@ -110,15 +110,17 @@ class Requests:
 
     # -- submitting ------------------------------------------------------------------------------
 
-    def write(self, caller: Caller, key: tuple[str, int], data: bytes, now: float, *,
+    def write(self, caller: Caller | None, key: tuple[str, int], data: bytes, now: float, *,
               op: ForwardOp = ForwardOp.WRITE, timeout_s: float | None = None,
               retry_s: float = RETRY_INTERVAL_S) -> None:
         """Get ``data`` (an encoded catalogue request under ``key`` = (client id, seq)) committed
-        and applied here, then answer ``caller`` with its rendered outcome."""
+        and applied here, then answer ``caller`` with its rendered outcome (None: the node's own
+        write, answered to nobody)."""
         write = self._writes.get(key)
         if write is None:
             write = self._writes[key] = _Write(data, op, [], now + (timeout_s or self._timeout_s), retry_s)
-        write.waiters.append(caller)
+        if caller is not None:
+            write.waiters.append(caller)
         self._send(write, now)
 
     def read(self, caller: Caller, answer: Callable[[Caller], None], now: float) -> None:
@@ -133,7 +135,7 @@ class Requests:
         if applied.client_id is None or applied.seq is None:
             return
         write = self._writes.pop((applied.client_id, applied.seq), None)
-        if write is None:
+        if write is None or not write.waiters:
             return
         outcome = self._render(applied)
         for caller in write.waiters:

@@ -70,7 +70,8 @@ class StatusReport:
 
     def __init__(self, *, config: NodeConfig, names: dict[NodeId, str], raw: RawNode, replica: Replica,
                  storage: LmdbStorage, snapshots: Snapshotter, stats: NodeStats,
-                 dns: Callable[[], DnsProcess | None], clock: Callable[[], float] = time.monotonic) -> None:
+                 dns: Callable[[], DnsProcess | None], clock: Callable[[], float] = time.monotonic,
+                 sections: dict[str, Callable[[], Any]] | None = None) -> None:
         self._config = config
         self._names = names
         self._raw = raw
@@ -80,6 +81,7 @@ class StatusReport:
         self._stats = stats
         self._dns = dns
         self._clock = clock
+        self._sections = sections or {}  # more rooms' own reports, by key (e.g. "health")
 
     def __call__(self) -> dict[str, Any]:
         st = self._raw.status()
@@ -106,6 +108,7 @@ class StatusReport:
             "dns": format_hostport(*config.dns), "peers": peers,
             "dns_stats": _dns_summary(dns.stats()) if dns is not None else None,
             "snapshot": self._snapshot_status(st.first_index, st.snapshot_index),
+            **{key: report() for key, report in self._sections.items()},
         }
 
     def _snapshot_status(self, first_index: int, snapshot_index: int) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class ForwardOp(enum.IntEnum):
 
     WRITE = 0  # a client's register or deregister
     RESTORE = 1  # an operator's snapshot restore: a whole catalogue, far larger than a write
+    HEARTBEAT = 2  # a TTL renewal for the leader's health tracker: never proposed (docs/health.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,207 @@
+"""The node's health room: TTL heartbeats, the prober, and the transitions the leader proposes.
+
+Only the leader acts. It keeps a ``HealthTracker`` (TTL and deregister-after clocks, restarted
+at its election) and feeds the prober child the active checks; heartbeats and probe results
+stay in memory, and only transitions become log entries, proposed through ``Requests`` under
+the internal client id ``~health`` (docs/health.md). A follower that receives a heartbeat
+forwards it to the leader (``ForwardOp.HEARTBEAT``): no Raft write, no fsync.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from registry.catalogue import (
+    ALL_TOUCHED,
+    Applied,
+    CheckKind,
+    Deregister,
+    Instance,
+    Request,
+    SetHealth,
+    encode_request,
+)
+from registry.catalogue.tracker import HealthTracker, Transition
+from registry.health import ProbeReport, ProbeSpec, Prober
+from registry.raft import NodeId, RawNode, Role
+from registry.transport import ForwardOp
+
+from .replica import Replica
+from .requests import Requests
+
+HEALTH_CLIENT_ID = "~health"
+MAX_HEARTBEAT_BYTES = 1024
+
+
+class HealthRoom:
+    """Invariant: the tracker leads and the prober probes exactly while this node is leader."""
+
+    def __init__(self, *, raw: RawNode, replica: Replica, requests: Requests, prober: Prober | None,
+                 forward: Callable[[NodeId, ForwardOp, bytes], None], log: logging.LoggerAdapter,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self._raw = raw
+        self._replica = replica
+        self._requests = requests
+        self.prober = prober
+        self._forward = forward
+        self._log = log
+        self._clock = clock
+        self._wall = wall
+        self.tracker = HealthTracker()
+        self._term = 0
+        self._seq = 0
+        self.heartbeats = 0
+        self.forwarded = 0
+        self.proposed = 0
+        self.dropped_heartbeats = 0
+
+    # -- leadership ------------------------------------------------------------------------------
+
+    def on_role(self, role: Role, term: int, now: float) -> None:
+        leading = role is Role.LEADER
+        if leading and not self.tracker.leading:
+            self._term, self._seq = term, 0
+            self._lead(now)
+            self._log.info("health: tracking %d checked instances from this election on", len(self.tracker))
+        elif not leading and self.tracker.leading:
+            self.tracker.step_down()
+            if self.prober is not None:
+                self.prober.clear()
+
+    def _lead(self, now: float) -> None:
+        view = self._replica.view
+        self.tracker.lead(view, _ms(now))
+        if self.prober is not None:
+            self.prober.replace([spec for name in view.service_names() for i in view.instances(name)
+                                 if (spec := probe_spec(i)) is not None])
+
+    # -- the catalogue moved ---------------------------------------------------------------------
+
+    def on_applied(self, applied: list[Applied], now: float) -> None:
+        if not self.tracker.leading:
+            return
+        keys: list[tuple[str, str]] = []
+        for a in applied:
+            if a.touched is ALL_TOUCHED:
+                self._lead(now)  # a restore replaced everything
+                keys.clear()
+                continue
+            keys.extend(a.touched)
+        if not keys:
+            return
+        view = self._replica.view
+        self.tracker.on_touched(view, tuple(keys), _ms(now))
+        if self.prober is not None:
+            upsert, remove = [], []
+            for key in keys:
+                instance = view.instance(*key)
+                spec = probe_spec(instance) if instance is not None else None
+                if spec is None:
+                    remove.append(key)
+                else:
+                    upsert.append(spec)
+            self.prober.update(upsert, remove)
+
+    # -- news ------------------------------------------------------------------------------------
+
+    def heartbeat(self, instance: Instance) -> None:
+        """A client renewed this TTL instance (its existence was read linearizably)."""
+        now = self._clock()
+        self.heartbeats += 1
+        if self.tracker.leading:
+            self._propose(self.tracker.heartbeat(instance.service, instance.id, _ms(now), _ms(self._wall())), now)
+            return
+        leader = self._raw.basic_status().leader_id
+        if leader:
+            self._forward(leader, ForwardOp.HEARTBEAT, msgpack.packb([instance.service, instance.id]))
+            self.forwarded += 1
+
+    def forwarded_heartbeat(self, payload: bytes, now: float) -> None:
+        """A follower passed on a heartbeat. Malformed ones are dropped and counted."""
+        try:
+            service, instance_id = msgpack.unpackb(payload, raw=False)
+            if not isinstance(service, str) or not isinstance(instance_id, str):
+                raise ValueError("not two strings")
+        except Exception:  # msgpack raises several types for garbage
+            self.dropped_heartbeats += 1
+            return
+        self.heartbeats += 1
+        if self.tracker.leading:
+            self._propose(self.tracker.heartbeat(service, instance_id, _ms(now), _ms(self._wall())), now)
+
+    def on_prober_readable(self, now: float) -> None:
+        if self.prober is None:
+            return
+        reports: list[ProbeReport] = self.prober.drain()
+        wall_ms = _ms(self._wall())
+        for r in reports:
+            self._propose(self.tracker.probe_report(r.service, r.instance_id, r.revision, r.status, r.output,
+                                                    _ms(now), wall_ms), now)
+
+    def tick(self, now: float) -> None:
+        if self.tracker.leading:
+            for transition in self.tracker.due(_ms(now), _ms(self._wall())):
+                self._propose(transition, now)
+
+    # -- proposals -------------------------------------------------------------------------------
+
+    def _propose(self, transition: Transition | None, now: float) -> None:
+        if transition is None:
+            return
+        command: SetHealth | Deregister
+        if transition.remove:
+            command = Deregister(transition.service, instance_id=transition.instance_id,
+                                 revision=transition.revision)
+        else:
+            assert transition.status is not None
+            command = SetHealth(transition.service, transition.instance_id, transition.revision,
+                                transition.status, transition.at_ms, transition.output)
+        # NB: seqs of one client id must rise across leaders: (term << 32) + a counter does.
+        self._seq += 1
+        seq = (self._term << 32) + self._seq
+        data = encode_request(Request(HEALTH_CLIENT_ID, seq, command))
+        self._requests.write(None, (HEALTH_CLIENT_ID, seq), data, now)
+        self.proposed += 1
+        self._log.info("health: %s/%s %s (%s)", transition.service, transition.instance_id,
+                       "expired: deregistering" if transition.remove else f"-> {transition.status.value}",
+                       transition.output)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"leading": self.tracker.leading, "tracked": len(self.tracker),
+                               "heartbeats": self.heartbeats, "forwarded": self.forwarded,
+                               "transitions_proposed": self.proposed, "dropped_heartbeats": self.dropped_heartbeats}
+        if self.prober is not None:
+            out["prober"] = self.prober.stats()
+        return out
+
+
+def probe_spec(instance: Instance) -> ProbeSpec | None:
+    """What the prober needs for an instance with an active (TCP or HTTP) check, else None."""
+    check = instance.check
+    if check is None or check.kind is CheckKind.TTL:
+        return None
+    if check.kind is CheckKind.TCP:
+        host, port, url = instance.address, instance.port, ""
+    else:
+        host, port = _url_host_port(check.url)
+        url = check.url
+    return ProbeSpec(service=instance.service, instance_id=instance.id, revision=instance.revision,
+                     kind=check.kind, host=host, port=port, url=url, interval_ms=check.interval_ms,
+                     timeout_ms=check.timeout_ms, failures=check.failures, successes=check.successes,
+                     status=instance.status)
+
+
+def _url_host_port(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
