@@ -221,7 +221,8 @@ class Prober:
 
     def replace(self, specs: Iterable[ProbeSpec]) -> None:
         """Probe exactly ``specs`` from now on (on becoming leader). A check already probed with
-        the same revision keeps its counts; every other check is dropped."""
+        the same revision keeps its counts and schedule; a new one is first probed at a random
+        moment within its interval (so a whole set is spread); every other check is dropped."""
         wanted = {spec.key: spec for spec in _checked(specs)}
         if self._gone:
             return
@@ -234,7 +235,8 @@ class Prober:
     def update(self, upsert: Iterable[ProbeSpec], remove: Iterable[tuple[str, str]]) -> None:
         """Add or change the checks ``upsert`` and stop probing the keys ``remove``.
 
-        A spec with a new revision starts counting afresh, from its status. A key may not be in
+        A new check (or one with a new revision: its counts start afresh, from its status) is
+        first probed soon: within min(interval, ``first_probe_spread_s``). A key may not be in
         both (ValueError).
         """
         specs = _checked(upsert)

@@ -18,9 +18,9 @@ class ProberSettings:
 
     - ``stats_interval_s``: how often the child sends its counters;
     - ``report_batch_s``: how long a status change may wait for others to share its frame;
-    - ``first_probe_spread_s``: a new check's first probe comes within min(this, its interval),
-      at a random moment, so that a whole set given at once does not fire at once; its second
-      probe comes at a random moment within one interval, which spreads the steady state too;
+    - ``first_probe_spread_s``: a check added by an update is first probed within min(this, its
+      interval), at a random moment (one added by a replace: within its interval; see
+      ``registry.health.checks``);
     - ``max_in_flight``: probes open at once (each holds a socket); more wait for a slot. The
       child lowers it to fit its open-file limit (reported in READY);
     - ``http_read_bytes``: the most of an HTTP response read to find its status line.

@@ -1,12 +1,11 @@
 """The prober end to end: a real child process (``Prober``) probing real listeners and a real
 http.server on loopback, ticked as the node loop ticks it.
 
-Timing: no check depends on the machine being fast. A status change needs N consecutive results;
-from its third probe on, a check's probes start one interval apart (the second comes sooner, to
-spread the checks), and a probe that times out lasts its timeout; so once a check has made three
-probes, a change can never be reported sooner than (N - 1) intervals after its cause, and a
-change from N timeouts never sooner than N timeouts. The tests assert those lower bounds, and
-wait for everything else with ``SETTLE_S`` deadlines that only a broken prober reaches.
+Timing: no check depends on the machine being fast. A status change needs N consecutive results,
+a check's probes start at least one interval apart, and a probe that times out lasts its
+timeout; so a change can never be reported sooner than (N - 1) intervals after its cause, nor a
+change from N timeouts sooner than N timeouts. The tests assert those lower bounds, and wait for
+everything else with ``SETTLE_S`` deadlines that only a broken prober reaches.
 """
 
 from __future__ import annotations
@@ -26,11 +25,12 @@ import msgpack
 import pytest
 
 from registry.catalogue.model import HealthStatus
-from registry.health import Prober, ProberSettings, ProberStartError
+from registry.health import Prober, ProberSettings, ProberStartError, ProbeSpec
 from registry.health.process import CHILD_MODULE
 from registry.health.wire import READY, REPLACE, REPORTS, STATS, UPDATE, FrameReader, decode, encode, encode_spec
 
 from .support import (
+    HOST,
     SETTLE_S,
     HttpServer,
     Listener,
@@ -136,6 +136,48 @@ def test_a_hanging_http_server_is_cut_at_the_timeout(prober: Prober) -> None:
             time.sleep(0.01)
     finally:
         server.close()
+
+
+def test_a_tcp_check_of_a_host_name_tries_its_addresses(prober: Prober) -> None:
+    """A TCP check of "localhost" (which may name ::1 first) connects to a listener on 127.0.0.1."""
+    listener = Listener()
+    try:
+        spec = tcp_spec("a", listener.port, status=C)
+        prober.replace([ProbeSpec(**{**{f: getattr(spec, f) for f in ProbeSpec.__slots__}, "host": "localhost"})])
+        report = next_report(prober)
+        assert (report.status, report.output) == (P, "connected")
+    finally:
+        listener.close()
+
+
+def test_hanging_connects_time_out_and_probes_in_flight_are_capped() -> None:
+    """Connects to a listener whose accept queue is full hang (the SYNs are dropped): each is cut
+    at its timeout, and no more than max_in_flight probes are ever open, so with 2 slots and 20
+    checks the probes complete no faster than 2 per timeout (the rest wait, late)."""
+    full = socket.socket()
+    full.bind((HOST, 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname(), timeout=SETTLE_S)  # takes the only place
+    prober = Prober(ProberSettings(stats_interval_s=0.1, max_in_flight=2))
+    timeout_s = 0.3
+    try:
+        prober.start(timeout_s=SETTLE_S)
+        port = full.getsockname()[1]
+        prober.replace([tcp_spec(f"i{n}", port, interval_ms=600, timeout_ms=300, failures=1) for n in range(20)])
+        reports: list = []
+        first = stats_when(prober, lambda s: s.get("failed", 0) >= 2, sink=reports)
+        first_at = time.monotonic() - first["report_age_s"]
+        last = stats_when(prober, lambda s: s["failed"] >= first["failed"] + 10, sink=reports)
+        window_s = time.monotonic() - last["report_age_s"] - first_at + 0.2  # + the frames' transit
+        assert last["failed"] - first["failed"] <= 2 * (window_s / timeout_s + 1), "over 2 probes in flight"
+        assert last["max_in_flight"] == 2 and last["in_flight"] <= 2
+        assert last["max_lag_ms"] > 0 and last["ok"] == 0 and last["errors"] == 0
+        reports += collect(prober, lambda got: len(reports) + len(got) >= 20)
+        assert {(r.status, r.output) for r in reports} == {(C, "timed out after 300 ms")}
+    finally:
+        prober.stop()
+        filler.close()
+        full.close()
 
 
 def test_replace_update_and_clear(prober: Prober) -> None:
