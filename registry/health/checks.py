@@ -11,14 +11,17 @@ previous one, so the spread lasts (a probe never outlives its timeout, which is 
 interval, so probes of one check never overlap). At most ``max_in_flight`` probes are open at once; a
 probe that waits for a slot is late, and the lateness is measured (``max_lag_ms``).
 
-Incarnations: an upsert with the same revision keeps the counts (and adopts the given status if
-it differs: the catalogue is the authority); another revision starts afresh, cancelling a probe
-in flight for the old one, so no result of an old incarnation is ever counted for a new one.
+Incarnations: an upsert of the same spec keeps the counts (and adopts the given status if it
+differs: the catalogue is the authority, and its status is where counting starts); another
+revision (or, which the catalogue never does, other fields under the same revision) starts
+afresh, cancelling a probe in flight for the old one, so no result of an old incarnation is
+ever counted for a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections import deque
@@ -106,13 +109,6 @@ class CheckSet:
     def __len__(self) -> int:
         return len(self._checks)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._checks
-
-    def status(self, key: tuple[str, str]) -> HealthStatus | None:
-        check = self._checks.get(key)
-        return None if check is None else check.threshold.status
-
     def replace(self, specs: Iterable[ProbeSpec]) -> None:
         """Probe exactly ``specs``: upsert each (new ones first probed within their interval),
         remove every other check."""
@@ -126,9 +122,9 @@ class CheckSet:
         """Add or change one check; a new one is first probed within min(interval,
         first_probe_spread_s) if ``soon``, else within its interval."""
         check = self._checks.get(spec.key)
-        if check is not None and check.spec.revision == spec.revision:
-            check.spec = spec
+        if check is not None and dataclasses.replace(check.spec, status=spec.status) == spec:
             if check.threshold.status is not spec.status:
+                check.spec = spec
                 check.threshold = Threshold(spec.failures, spec.successes, spec.status)
             return
         if check is not None:
