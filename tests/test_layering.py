@@ -178,6 +178,16 @@ RULES = [
         "the client's retry policy and wire format are pure: no clock, sockets or threads (they are given now)",
     ),
     Rule(
+        "health-knows-only-the-catalogue",
+        ("registry/health",),
+        lambda _, name: not (
+            within(name, "registry.health") or within(name, "registry.catalogue")
+            or within(name, "registry.logformat") or _top(name) == "msgpack"
+            or _top(name) in sys.stdlib_module_names),
+        "registry.health (the prober) uses the catalogue's types, logformat, the standard library and msgpack; "
+        "never raft, storage, transport or node",
+    ),
+    Rule(
         "node-never-imports-sim",
         ("registry/node",),
         lambda _, name: within(name, "registry.sim"),
@@ -381,6 +391,8 @@ def test_rules_fail_on_a_bad_tree(tmp_path: Path) -> None:
         "registry/storage/lmdb_store.py": "from registry.raft import Entry\nfrom registry.transport import codec\n",
         "registry/client/sync.py": "from registry.catalogue.validation import x\nfrom registry.node import Node\n",
         "registry/client/retry.py": "import time\n",
+        "registry/health/child.py": ("import asyncio, msgpack\nfrom registry.catalogue.model import Check\n"
+                                     "from registry.node import loop\nfrom ..storage import lmdb_store\nimport zmq\n"),
     }
     for rel, text in planted.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -405,5 +417,10 @@ def test_rules_fail_on_a_bad_tree(tmp_path: Path) -> None:
             "registry/storage/lmdb_store.py:2 imports registry.transport.codec"],
         "client-knows-only-the-protocol": ["registry/client/sync.py:2 imports registry.node.Node"],
         "client-retry-policy-and-protocol-pure": ["registry/client/retry.py:1 imports time"],
+        "health-knows-only-the-catalogue": [
+            "registry/health/child.py:3 imports registry.node.loop",
+            "registry/health/child.py:4 imports registry.storage.lmdb_store",
+            "registry/health/child.py:5 imports zmq",
+        ],
     }
     assert random_violations(tmp_path) == ["registry/raft/timer.py:2 uses random.random"]
