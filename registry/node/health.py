@@ -19,7 +19,6 @@ import msgpack
 from registry.catalogue import (
     ALL_TOUCHED,
     Applied,
-    CheckKind,
     Deregister,
     Instance,
     Request,
@@ -27,7 +26,7 @@ from registry.catalogue import (
     encode_request,
 )
 from registry.catalogue.tracker import HealthTracker, Transition
-from registry.health import ProbeReport, ProbeSpec, Prober
+from registry.health import ProbeReport, Prober, probe_spec
 from registry.raft import NodeId, RawNode, Role
 from registry.transport import ForwardOp
 
@@ -178,28 +177,6 @@ class HealthRoom:
         if self.prober is not None:
             out["prober"] = self.prober.stats()
         return out
-
-
-def probe_spec(instance: Instance) -> ProbeSpec | None:
-    """What the prober needs for an instance with an active (TCP or HTTP) check, else None."""
-    check = instance.check
-    if check is None or check.kind is CheckKind.TTL:
-        return None
-    if check.kind is CheckKind.TCP:
-        host, port, url = instance.address, instance.port, ""
-    else:
-        host, port = _url_host_port(check.url)
-        url = check.url
-    return ProbeSpec(service=instance.service, instance_id=instance.id, revision=instance.revision,
-                     kind=check.kind, host=host, port=port, url=url, interval_ms=check.interval_ms,
-                     timeout_ms=check.timeout_ms, failures=check.failures, successes=check.successes,
-                     status=instance.status)
-
-
-def _url_host_port(url: str) -> tuple[str, int]:
-    rest = url.split("://", 1)[1].split("/", 1)[0]
-    host, _, port = rest.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _ms(seconds: float) -> int:
