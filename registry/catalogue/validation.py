@@ -40,7 +40,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from .model import Check, CheckKind, HealthStatus, Instance
@@ -99,6 +99,7 @@ _services_seen: dict[str, str] = {}
 _tags_seen: dict[tuple[str, ...], tuple[str, ...]] = {}
 _meta_pairs_seen: dict[tuple[str, str], tuple[str, str]] = {}
 _checks_seen: dict[Check, Check] = {}
+_check_fields_seen: dict[tuple[tuple[type, object], ...], Check] = {}  # keyed by (type, value): True is not 1
 # A canonical dotted quad (no leading zeros, each octet 0-255): exactly the texts that
 # ipaddress.IPv4Address accepts and prints back unchanged.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -395,19 +396,21 @@ def validate_seq(value: object) -> int:
     return value
 
 
-def _int_in(value: object, field: str, what: str, low: int, high: int, accepted: str) -> int:
+def _int_in(value: object, field: str, what: str, low: int, high: int, accepted: str | Callable[[], str]) -> int:
+    """``value`` if it is an int from low to high; ``accepted`` (text, or a function making it) is
+    only built for the message."""
+    if type(value) is int and low <= value <= high:
+        return value
+    text = accepted if isinstance(accepted, str) else accepted()
     if type(value) is not int:
-        raise ValidationError(field, f"{what} must be an integer ({accepted}), got {_type_name(value)} "
-                              f"{brief_repr(value)}")
-    if not low <= value <= high:
-        raise ValidationError(field, f"invalid {what} {value}: use {accepted}")
-    return value
+        raise ValidationError(field, f"{what} must be an integer ({text}), got {_type_name(value)} {brief_repr(value)}")
+    raise ValidationError(field, f"invalid {what} {value}: use {text}")
 
 
 def _ms(ms: int) -> str:
     """A duration for a message: ``1000 ms (1 s)``."""
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
-        if ms >= size and ms % size == 0:
+        if ms >= size * (2 if unit == "d" else 1) and ms % size == 0:  # "24 h", "30 d"
             return f"{ms} ms ({ms // size} {unit})"
     return f"{ms} ms"
 
@@ -457,6 +460,8 @@ _URL_RULE = f"http://HOST:PORT/path (host and port required, at most {CHECK_URL_
 def validate_check_url(value: object) -> str:
     """An HTTP check's URL: ``http://HOST:PORT[/path][?query]``, printable ASCII, returned as given."""
     text = _require_str(value, "check", "check url", _URL_RULE)
+    if not text:
+        raise ValidationError("check", f"check url is empty: an http check needs {_URL_RULE}")
     if len(text) > CHECK_URL_MAX:
         raise ValidationError(
             "check", f"check url is {len(text)} characters long; at most {CHECK_URL_MAX} are accepted"
@@ -500,6 +505,11 @@ def validate_check(value: object) -> Check:
     ``kind`` is the text ``ttl``, ``tcp`` or ``http``.
     """
     if isinstance(value, Check):
+        try:
+            if _checks_seen.get(value) is value:
+                return value  # this very object came out of validate_check
+        except TypeError:  # an unhashable field: certainly refused below
+            pass
         fields = {key: getattr(value, key) for key in CHECK_KEYS}
     elif isinstance(value, Mapping):
         unknown = [key for key in value if key not in CHECK_KEYS]
@@ -512,7 +522,20 @@ def validate_check(value: object) -> Check:
         fields = {key: getattr(_DEFAULT_CHECK, key) for key in CHECK_KEYS} | dict(value)
     else:
         raise ValidationError("check", f"check must be a map with {list(CHECK_KEYS)}, got {_type_name(value)}")
+    try:
+        key = tuple((type(fields[k]), fields[k]) for k in CHECK_KEYS)
+        seen = _check_fields_seen.get(key)
+    except TypeError:  # an unhashable field: certainly refused below
+        key, seen = None, None
+    if seen is not None:
+        return seen
+    check = _new_check(fields)
+    if key is not None:
+        _memo(_check_fields_seen, key, check)
+    return check
 
+
+def _new_check(fields: dict[str, object]) -> Check:
     kind = fields["kind"]
     if not isinstance(kind, CheckKind):
         try:
@@ -533,16 +556,16 @@ def validate_check(value: object) -> Check:
     url = ""
     if kind is CheckKind.TTL:
         ttl_ms = _int_in(fields["ttl_ms"], "check", "check ttl_ms", TTL_MS_MIN, TTL_MS_MAX,
-                         _ms_range(TTL_MS_MIN, TTL_MS_MAX))
+                         lambda: _ms_range(TTL_MS_MIN, TTL_MS_MAX))
         for key in ("interval_ms", "timeout_ms"):
             unused(key, 0)
         unused("url", "")
     else:
         unused("ttl_ms", 0)
         interval_ms = _int_in(fields["interval_ms"], "check", "check interval_ms", INTERVAL_MS_MIN, INTERVAL_MS_MAX,
-                              _ms_range(INTERVAL_MS_MIN, INTERVAL_MS_MAX))
+                              lambda: _ms_range(INTERVAL_MS_MIN, INTERVAL_MS_MAX))
         timeout_ms = _int_in(fields["timeout_ms"], "check", "check timeout_ms", TIMEOUT_MS_MIN, interval_ms,
-                             f"{_ms_range(TIMEOUT_MS_MIN, interval_ms)} (at most the interval)")
+                             lambda: f"{_ms_range(TIMEOUT_MS_MIN, interval_ms)} (at most the interval)")
         if kind is CheckKind.HTTP:
             url = validate_check_url(fields["url"])
         else:
@@ -555,7 +578,7 @@ def validate_check(value: object) -> Check:
         deregister_after_ms = _int_in(
             deregister_after_ms, "check", "check deregister_after_ms", DEREGISTER_AFTER_MS_MIN,
             DEREGISTER_AFTER_MS_MAX,
-            f"0 (never) or {_ms_range(DEREGISTER_AFTER_MS_MIN, DEREGISTER_AFTER_MS_MAX)}",
+            lambda: f"0 (never) or {_ms_range(DEREGISTER_AFTER_MS_MIN, DEREGISTER_AFTER_MS_MAX)}",
         )  # fmt: skip
     check = Check(kind, ttl_ms, url, interval_ms, timeout_ms, failures, successes, deregister_after_ms)
     seen = _checks_seen.get(check)
