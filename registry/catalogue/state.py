@@ -58,8 +58,9 @@ class SnapshotError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Registered:
     """A register applied. A registration is the instance's whole definition: it replaces the
-    address, port, tags and meta of the instance with the same id (as Consul's agent register or
-    etcd's put), and ``previous`` is the definition it replaced (None when ``created``).
+    address, port, tags, meta and check of the instance with the same id (as Consul's agent
+    register or etcd's put), and ``previous`` is the instance it replaced, health included (None
+    when ``created``).
 
     NB: a client's session remembers the result without ``previous``, so that a retried write
     gets the same answer from every node, including one restored from a snapshot (which does not
