@@ -9,10 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from registry.catalogue import (
+    Check,
+    CheckKind,
     CommandError,
     Deregister,
+    HealthStatus,
     Register,
     Request,
+    SetHealth,
     ValidationError,
     decode_request,
     default_instance_id,
@@ -20,7 +24,7 @@ from registry.catalogue import (
 )
 from registry.catalogue.validation import validate_instance_id
 
-from .strategies import garbage, msgpack_values, requests
+from .strategies import deregisters, garbage, msgpack_values, registers, requests, set_healths
 
 
 def test_register_normalises_every_field() -> None:
@@ -68,7 +72,7 @@ def test_request_validates_client_seq_and_command() -> None:
         Request("", 1, Register("web", "10.0.0.5", 80))
     with pytest.raises(ValidationError, match="2\\*\\*63-1"):
         Request("c", 0, Register("web", "10.0.0.5", 80))
-    with pytest.raises(ValidationError, match="Register or a Deregister"):
+    with pytest.raises(ValidationError, match="a Register, a Deregister, a SetHealth or a Restore"):
         Request("c", 1, "register web")  # type: ignore[arg-type]
 
 
@@ -198,3 +202,114 @@ def test_decoding_garbage_raises_only_command_error(data: bytes) -> None:
     except CommandError:
         return
     assert decode_request(encode_request(request)) == request
+
+
+# Health (issue 14): new optional keys and the set_health op; old entries decode as before.
+
+# Entries written by the encoder before health existed (commit cd080b2), pinned as hex.
+PREVIOUS_ENTRIES = [
+    ("8aa17601a6636c69656e74a26331a373657101a26f70a87265676973746572a773657276696365a3776562a761646472657373a83130"
+     "2e302e302e35a4706f7274cd1f90a26964b17765622d31302e302e302e352d38303830a47461677392a4626c7565a27631a46d6574"
+     "6181a47a6f6e65a26575",
+     Request("c1", 1, Register("web", "10.0.0.5", 8080, tags=["v1", "blue"], meta={"zone": "eu"}))),
+    ("8aa17601a6636c69656e74a26331a373657102a26f70a87265676973746572a773657276696365a3776562a761646472657373ab32"
+     "3030313a6462383a3a31a4706f727450a26964a27636a47461677390a46d65746180",
+     Request("c1", 2, Register("web", "2001:db8::1", 80, instance_id="v6"))),
+    ("86a17601a6636c69656e74a26332a373657107a26f70aa64657265676973746572a773657276696365a3776562a26964a27636",
+     Request("c2", 7, Deregister("web", instance_id="v6"))),
+    ("87a17601a6636c69656e74a26332a373657108a26f70aa64657265676973746572a773657276696365a3776562a76164647265737"
+     "3a831302e302e302e35a4706f7274cd1f90",
+     Request("c2", 8, Deregister("web", address="10.0.0.5", port=8080))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("data, want", PREVIOUS_ENTRIES, ids=["register", "register-v6", "deregister-id",
+                                                               "deregister-endpoint"])
+def test_entries_written_before_health_decode_exactly_as_before(data: str, want: Request) -> None:
+    """The previous version's bytes decode to the same request (no check, at_ms 0, no revision), and a
+    command without health fields still encodes to exactly those bytes."""
+    got = decode_request(bytes.fromhex(data))
+    assert got == want
+    command = got.command
+    if isinstance(command, Register):
+        assert (command.check, command.at_ms) == (None, 0)
+    else:
+        assert command.revision is None
+    assert encode_request(want).hex() == data
+
+
+def test_health_fields_are_encoded_as_documented() -> None:
+    """check (every key), at, rev and set_health as in the module docstring; output only when set."""
+    check = Check(CheckKind.TCP, interval_ms=1_000, timeout_ms=500)
+    data = encode_request(Request("c1", 3, Register("web", "10.0.0.5", 80, check=check, at_ms=1_700_000_000_000)))
+    body = msgpack.unpackb(data, raw=False)
+    assert body["check"] == {"kind": "tcp", "ttl_ms": 0, "url": "", "interval_ms": 1_000, "timeout_ms": 500,
+                             "failures": 3, "successes": 2, "deregister_after_ms": 0}
+    assert body["at"] == 1_700_000_000_000
+    data = encode_request(Request("~health", (2 << 32) + 1, Deregister("web", instance_id="a", revision=9)))
+    assert msgpack.unpackb(data, raw=False) == {
+        "v": 1, "client": "~health", "seq": (2 << 32) + 1, "op": "deregister", "service": "web", "id": "a", "rev": 9,
+    }  # fmt: skip
+    data = encode_request(Request("~health", 5, SetHealth("web", "a", 9, HealthStatus.CRITICAL, 12, "refused")))
+    assert msgpack.unpackb(data, raw=False) == {
+        "v": 1, "client": "~health", "seq": 5, "op": "set_health", "service": "web", "id": "a", "rev": 9,
+        "status": "critical", "at": 12, "output": "refused",
+    }  # fmt: skip
+    data = encode_request(Request("~health", 5, SetHealth("web", "a", 9, "passing", 12)))
+    assert "output" not in msgpack.unpackb(data, raw=False)
+
+
+@given(st.one_of(set_healths.map(lambda c: Request("~health", 1, c)),
+                 registers.filter(lambda r: r.check is not None).map(lambda c: Request("c", 1, c)),
+                 deregisters.filter(lambda d: d.revision is not None).map(lambda c: Request("c", 1, c))))
+def test_health_commands_round_trip(request: Request) -> None:
+    """decode(encode(r)) == r for every health-bearing command."""
+    data = encode_request(request)
+    assert decode_request(data) == request and encode_request(decode_request(data)) == data
+
+
+def test_health_commands_validate_when_constructed() -> None:
+    """SetHealth and the new fields refuse bad values, naming them."""
+    with pytest.raises(ValidationError, match="needs instance_id"):
+        Deregister("web", address="10.0.0.5", port=80, revision=3)
+    with pytest.raises(ValidationError, match="revision 0"):
+        Deregister("web", instance_id="a", revision=0)
+    with pytest.raises(ValidationError, match="'passing' or 'critical'"):
+        SetHealth("web", "a", 1, "down", 0)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="at_ms"):
+        Register("web", "10.0.0.5", 80, at_ms=-1)
+    with pytest.raises(ValidationError, match="ttl_ms"):
+        Register("web", "10.0.0.5", 80, check={"kind": "ttl"})
+    assert Register("web", "10.0.0.5", 80, check={"kind": "ttl", "ttl_ms": 5_000}).check == Check(CheckKind.TTL, 5_000)
+    assert SetHealth("WEB", "a", 1, "critical", 0).status is HealthStatus.CRITICAL
+
+
+_SET = {**_ENVELOPE, "op": "set_health", "service": "web", "id": "a", "rev": 3, "status": "critical", "at": 5}
+_CHECK = {"kind": "ttl", "ttl_ms": 10_000, "url": "", "interval_ms": 0, "timeout_ms": 0, "failures": 3,
+          "successes": 2, "deregister_after_ms": 0}
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        (_pack({k: v for k, v in _SET.items() if k != "rev"}), "set_health lacks ['rev']"),
+        (_pack({**_SET, "status": "sick"}), "invalid health status 'sick'"),
+        (_pack({**_SET, "status": HealthStatus.CRITICAL.value.encode()}), "status must be a string"),
+        (_pack({**_SET, "rev": 0}), "invalid revision 0"),
+        (_pack({**_SET, "at": -1}), "invalid at_ms -1"),
+        (_pack({**_SET, "output": "x" * 257}), "at most 256"),
+        (_pack({**_SET, "address": "10.0.0.5"}), "unknown keys ['address']"),
+        (_pack({**_OK, "check": "ttl"}), "check must be a map with exactly"),
+        (_pack({**_OK, "check": {"kind": "ttl", "ttl_ms": 10_000}}), "check must be a map with exactly"),
+        (_pack({**_OK, "check": {**_CHECK, "ttl_ms": 10}}), "ttl_ms 10"),
+        (_pack({**_OK, "at": "now"}), "at_ms must be an integer"),
+        (_pack({**_OK, "rev": 3}), "unknown keys ['rev']"),
+        (_pack({**_ENVELOPE, "op": "deregister", "service": "web", "address": "10.0.0.5", "port": 80, "rev": 3}),
+         "needs instance_id"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_malformed_health_entries_raise_command_error(data: bytes, fragment: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        decode_request(data)
+    assert fragment in str(caught.value)
