@@ -18,6 +18,9 @@ Rule 5: at most once (Raft §8): a ``Request`` carries a client id and seq; a re
 first result back, an older seq is ``stale_seq``. ``MAX_SESSIONS`` must be equal on all nodes.
 Rule 6: ``Restore`` (an operator's ``registry snapshot restore``) replaces every service by a
 snapshot's, as one entry, validated when applied; client sessions are kept (see ``_restore``).
+Rule 7: health is state, changed only by committed commands (``Register``, ``SetHealth``,
+``Deregister`` with a revision) whose times (``at_ms``) the proposer stamped: the catalogue never
+reads a clock. ``Applied.touched`` says which instances an entry changed, for the leader's tracker.
 """
 
 from .commands import (
@@ -29,12 +32,15 @@ from .commands import (
     Register,
     Request,
     Restore,
+    SetHealth,
     decode_request,
     default_instance_id,
     encode_request,
 )
 from .model import AddressKind, Check, CheckKind, HealthStatus, Instance
+from .health import HEALTH_CLIENT_ID, Threshold, health_seq
 from .state import (
+    ALL_TOUCHED,
     INVALID,
     MAX_SESSIONS,
     NOT_FOUND,
@@ -42,24 +48,39 @@ from .state import (
     Applied,
     Catalogue,
     Deregistered,
+    HealthSet,
     Registered,
     Rejected,
     Restored,
     Result,
     SnapshotError,
+    Touched,
     check_snapshot_envelope,
 )
-from .validation import ValidationError
+from .validation import (
+    CHECK_KEYS,
+    ValidationError,
+    check_to_map,
+    validate_check,
+    validate_external_client_id,
+)
 from .view import CatalogueView, ServiceMap
 
 __all__ = [
+    "ALL_TOUCHED",
+    "CHECK_KEYS",
+    "HEALTH_CLIENT_ID",
     "INVALID",
     "MAX_RESTORE_BYTES",
     "MAX_SESSIONS",
     "NOT_FOUND",
     "STALE_SEQ",
     "VERSION",
-    "AddressKind", "Check", "CheckKind", "HealthStatus",
+    "AddressKind",
+    "Check",
+    "CheckKind",
+    "HealthSet",
+    "HealthStatus",
     "Applied",
     "Catalogue",
     "CatalogueView",
@@ -76,10 +97,17 @@ __all__ = [
     "Restored",
     "Result",
     "ServiceMap",
+    "SetHealth",
     "SnapshotError",
+    "Threshold",
+    "Touched",
     "ValidationError",
     "check_snapshot_envelope",
+    "check_to_map",
     "decode_request",
     "default_instance_id",
     "encode_request",
+    "health_seq",
+    "validate_check",
+    "validate_external_client_id",
 ]

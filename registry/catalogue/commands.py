@@ -8,15 +8,25 @@ is valid, and the node can refuse a bad write before proposing it.
 Encoding (version 1): one msgpack map with string keys, strings as UTF-8 ``str``:
 
     {"v": 1, "client": str, "seq": int, "op": "register",
-     "service": str, "address": str, "port": int, "id": str, "tags": [str], "meta": {str: str}}
+     "service": str, "address": str, "port": int, "id": str, "tags": [str], "meta": {str: str},
+     ["check": {"kind": str, "ttl_ms": int, "url": str, "interval_ms": int, "timeout_ms": int,
+                "failures": int, "successes": int, "deregister_after_ms": int}], ["at": int]}
     {"v": 1, "client": str, "seq": int, "op": "deregister",
-     "service": str, ("id": str | "address": str, "port": int)}
+     "service": str, ("id": str, ["rev": int] | "address": str, "port": int)}
+    {"v": 1, "client": str, "seq": int, "op": "set_health",
+     "service": str, "id": str, "rev": int, "status": "passing" | "critical", "at": int, ["output": str]}
     {"v": 1, "client": str, "seq": int, "op": "restore", "snapshot": bin}
+
+Keys in [brackets] are written only when they differ from the default (no check, ``at`` 0, no
+``rev``, ``output`` ""), so a command without health fields has exactly the bytes the version
+before health wrote, and every entry that version wrote decodes as it did.
 
 ``restore``'s ``snapshot`` is a whole catalogue snapshot (``Catalogue.to_bytes()``, the only
 byte string in the encoding); the state machine checks it completely when it applies the entry.
 NB: a node older than ``restore`` refuses the op (Rejected) while newer nodes apply it: do not
-restore while nodes of different versions share a cluster.
+restore while nodes of different versions share a cluster. The same holds for the health keys
+and ``set_health`` (issue 14): a node without them refuses such entries, so upgrade every node
+before registering checks.
 
 ``decode_request`` accepts only that: an unknown version, an unknown or missing key, a duplicate
 key, a wrong type or a refused value raises ``CommandError``. It never uses pickle or eval.
@@ -33,19 +43,27 @@ from typing import Any
 
 import msgpack
 
+from .model import Check, HealthStatus
 from .validation import (
+    CHECK_KEYS,
     INSTANCE_ID_MAX,
     RESTORE_MAX_BYTES,
-    brief_repr,
     ValidationError,
+    brief_repr,
+    check_to_map,
     validate_address,
+    validate_check,
     validate_client_id,
     validate_instance_id,
     validate_meta,
+    validate_output,
     validate_port,
+    validate_revision,
     validate_seq,
     validate_service,
+    validate_status,
     validate_tags,
+    validate_time_ms,
 )
 
 #: The command encoding version this code writes and reads.
@@ -87,7 +105,11 @@ class Register:
     Construction validates and normalises (raises ValidationError): ``service`` lowercase,
     ``address`` normalised, ``tags`` sorted lowercase unique, ``meta`` (a mapping or pairs) as
     pairs sorted by key, and ``instance_id`` None replaced by ``default_instance_id(...)``; after
-    construction ``instance_id`` is always a str.
+    construction ``instance_id`` is always a str. ``check`` (a Check, or its map form) is
+    validated by ``validate_check``; ``at_ms`` is the proposing node's wall clock (ms), which
+    becomes the instance's ``since_ms``. Applied, it makes the instance PASSING with ``revision``
+    the entry's log index, even when it replaces an identical definition: a registration is a
+    new incarnation, and health commands for the one before change nothing.
     """
 
     service: str
@@ -96,6 +118,8 @@ class Register:
     instance_id: str | None = None
     tags: tuple[str, ...] = ()
     meta: tuple[tuple[str, str], ...] = ()
+    check: Check | None = None
+    at_ms: int = 0
 
     def __post_init__(self) -> None:
         service = validate_service(self.service)
@@ -112,6 +136,8 @@ class Register:
             ("instance_id", instance_id),
             ("tags", validate_tags(self.tags)),
             ("meta", validate_meta(self.meta)),
+            ("check", None if self.check is None else validate_check(self.check)),
+            ("at_ms", validate_time_ms(self.at_ms)),
         ):
             object.__setattr__(self, name, value)
 
@@ -121,13 +147,16 @@ class Deregister:
     """Remove one instance of a service by id, or every instance with this address and port.
 
     Give exactly one of: ``instance_id``, or ``address`` with ``port``. Construction validates
-    and normalises as Register does (raises ValidationError).
+    and normalises as Register does (raises ValidationError). ``revision`` (only with
+    ``instance_id``) removes the instance only if it is still that incarnation (the leader's
+    expiry of a critical instance), else the result is ``Rejected(NOT_FOUND)``.
     """
 
     service: str
     instance_id: str | None = None
     address: str | None = None
     port: int | None = None
+    revision: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "service", validate_service(self.service))
@@ -142,6 +171,42 @@ class Deregister:
         else:
             object.__setattr__(self, "address", validate_address(self.address))
             object.__setattr__(self, "port", validate_port(self.port))
+        if self.revision is not None:
+            if not by_id:
+                raise ValidationError(
+                    "revision", "deregister by revision needs instance_id (a revision names one instance's incarnation)"
+                )
+            object.__setattr__(self, "revision", validate_revision(self.revision))
+
+
+@dataclass(frozen=True, slots=True)
+class SetHealth:
+    """Set the health of one incarnation of an instance: the leader's transition (issue 14).
+
+    Applied only if the instance exists with this ``revision`` (else ``Rejected(NOT_FOUND)``:
+    it was deregistered or registered again since). If ``status`` differs from the instance's,
+    its status, ``since_ms`` (= ``at_ms``, the leader's wall clock) and ``output`` (why, at most
+    256 characters) change; otherwise nothing does. Construction validates (raises
+    ValidationError); ``status`` may be given as its text.
+    """
+
+    service: str
+    instance_id: str
+    revision: int
+    status: HealthStatus
+    at_ms: int
+    output: str = ""
+
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("service", validate_service(self.service)),
+            ("instance_id", validate_instance_id(self.instance_id)),
+            ("revision", validate_revision(self.revision)),
+            ("status", validate_status(self.status)),
+            ("at_ms", validate_time_ms(self.at_ms)),
+            ("output", validate_output(self.output)),
+        ):
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +235,7 @@ class Restore:
         return f"Restore(<{len(self.snapshot)} bytes>)"
 
 
-Command = Register | Deregister | Restore
+Command = Register | Deregister | SetHealth | Restore
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +253,11 @@ class Request:
     def __post_init__(self) -> None:
         validate_client_id(self.client_id)
         validate_seq(self.seq)
-        if not isinstance(self.command, (Register, Deregister, Restore)):
+        if not isinstance(self.command, (Register, Deregister, SetHealth, Restore)):
             raise ValidationError(
                 "command",
-                f"command must be a Register or a Deregister (or a Restore), got {type(self.command).__name__}",
+                "command must be a Register, a Deregister, a SetHealth or a Restore, "
+                f"got {type(self.command).__name__}",
             )
 
 
@@ -209,12 +275,29 @@ def encode_request(request: Request) -> bytes:
             tags=list(command.tags),
             meta=dict(command.meta),
         )
+        if command.check is not None:
+            body["check"] = check_to_map(command.check)
+        if command.at_ms:
+            body["at"] = command.at_ms
+    elif isinstance(command, SetHealth):
+        body.update(
+            op="set_health",
+            service=command.service,
+            id=command.instance_id,
+            rev=command.revision,
+            status=command.status.value,
+            at=command.at_ms,
+        )
+        if command.output:
+            body["output"] = command.output
     elif isinstance(command, Restore):
         body.update(op="restore", snapshot=command.snapshot)
     else:
         body.update(op="deregister", service=command.service)
         if command.instance_id is not None:
             body["id"] = command.instance_id
+            if command.revision is not None:
+                body["rev"] = command.revision
         else:
             body.update(address=command.address, port=command.port)
     return msgpack.packb(body, use_bin_type=True)
@@ -228,8 +311,9 @@ def decode_request(data: bytes) -> Request:
 
 _ENVELOPE_KEYS = frozenset({"v", "client", "seq", "op"})
 _OPS = {
-    "register": (frozenset({"service", "address", "port"}), frozenset({"id", "tags", "meta"})),
-    "deregister": (frozenset({"service"}), frozenset({"id", "address", "port"})),
+    "register": (frozenset({"service", "address", "port"}), frozenset({"id", "tags", "meta", "check", "at"})),
+    "deregister": (frozenset({"service"}), frozenset({"id", "address", "port", "rev"})),
+    "set_health": (frozenset({"service", "id", "rev", "status", "at"}), frozenset({"output"})),
     "restore": (frozenset({"snapshot"}), frozenset()),
 }
 
@@ -295,6 +379,19 @@ def decode_command(body: Mapping[str, Any]) -> Command:
                 instance_id=args.get("id"),
                 tags=args.get("tags", ()),
                 meta=args.get("meta", ()),
+                check=_check_map(args["check"]) if "check" in args else None,
+                at_ms=args.get("at", 0),
+            )
+        if op == "set_health":
+            if type(args["status"]) is not str:
+                raise ValidationError("status", f"set_health's status must be a string, got {brief_repr(args['status'])}")
+            return SetHealth(
+                service=args["service"],
+                instance_id=args["id"],
+                revision=args["rev"],
+                status=args["status"],
+                at_ms=args["at"],
+                output=args.get("output", ""),
             )
         if op == "restore":
             if type(args["snapshot"]) is not bytes:
@@ -306,6 +403,15 @@ def decode_command(body: Mapping[str, Any]) -> Command:
             instance_id=args.get("id"),
             address=args.get("address"),
             port=args.get("port"),
+            revision=args.get("rev"),
         )
     except ValidationError as e:
         raise CommandError(str(e)) from e
+
+
+def _check_map(value: Any) -> Check:
+    """The ``check`` of a register entry: exactly the map ``check_to_map`` writes."""
+    if type(value) is not dict or value.keys() != set(CHECK_KEYS):
+        raise ValidationError("check", f"register's check must be a map with exactly {list(CHECK_KEYS)}, "
+                              f"got {brief_repr(value)}")
+    return validate_check(value)

@@ -17,6 +17,7 @@ snapshot file, a leader's snapshot, the agent feeding its DNS child): the SHA-25
 checked, the structure must parse, but instances are not validated again field by field, which is
 three quarters of ``from_bytes``'s time (measured: bench/snapshots.py `restore_ms`). Bytes from
 outside (an operator's restore) still go through ``from_bytes``/``Restore``, which validate all.
+It reads format 1 (written before health checks) and format 2, as ``from_bytes`` does.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 import msgpack
 
-from .model import Instance
+from .model import Check, CheckKind, HealthStatus, Instance
 from .state import (
     MAX_SESSIONS,
     SNAPSHOT_FORMAT,
@@ -35,6 +36,7 @@ from .state import (
     Catalogue,
     SnapshotError,
     _decode_result,
+    _encode_instance,
     _encode_result,
     _Session,
     _snapshot_body,
@@ -74,8 +76,7 @@ class FrozenCatalogue:
             instances = services[name]
             yield packer.pack_array_header(2) + packer.pack(name) + packer.pack_array_header(len(instances))
             for lo in range(0, len(instances), _PER_PIECE):
-                yield b"".join(packer.pack([i.id, i.address, i.port, list(i.tags), [list(p) for p in i.meta]])
-                               for i in instances[lo:lo + _PER_PIECE])
+                yield b"".join(packer.pack(_encode_instance(i)) for i in instances[lo:lo + _PER_PIECE])
         sessions = self.sessions
         yield packer.pack_array_header(len(sessions))
         for lo in range(0, len(sessions), _PER_PIECE):
@@ -91,7 +92,10 @@ def freeze(catalogue: Catalogue) -> FrozenCatalogue:
 def thaw(data: bytes, *, max_sessions: int = MAX_SESSIONS) -> Catalogue:
     """A catalogue from bytes a catalogue wrote (see the module docstring). Raises SnapshotError
     if the header, the checksum or the structure is wrong; the result equals ``from_bytes``'s."""
-    body = _snapshot_body(data)
+    snapshot_format, body = _snapshot_body(data)
+    statuses = {status.value: status for status in HealthStatus}
+    kinds = {kind.value: kind for kind in CheckKind}
+    checks: dict[tuple, Check] = {}  # type: ignore[type-arg]  # NB: instances with one check share one object
     try:
         # NB: decoded one instance at a time: unpacking the whole body first and then building
         # the instances left the freed intermediate lists as holes between the live objects, and
@@ -109,7 +113,17 @@ def thaw(data: bytes, *, max_sessions: int = MAX_SESSIONS) -> Catalogue:
             instances = []
             for _ in range(unpacker.read_array_header()):
                 r = unpacker.unpack()
-                instances.append(Instance(r[0], name, r[1], r[2], tuple(r[3]), tuple(tuple(p) for p in r[4])))
+                if snapshot_format == 1:
+                    instances.append(Instance(r[0], name, r[1], r[2], tuple(r[3]), tuple(tuple(p) for p in r[4])))
+                    continue
+                check = None
+                if r[5] is not None:
+                    key = tuple(r[5])
+                    check = checks.get(key)
+                    if check is None:
+                        check = checks[key] = Check(kinds[key[0]], *key[1:])
+                instances.append(Instance(r[0], name, r[1], r[2], tuple(r[3]), tuple(tuple(p) for p in r[4]), check,
+                                          statuses[r[6]], r[7], r[8], r[9]))
             services.append((name, tuple(instances)))
         raw_sessions = unpacker.unpack()
         try:

@@ -62,7 +62,10 @@ class Instance:
     - ``status``, ``since_ms``: its health and the wall-clock time (ms, from the command that set
       it) of its registration or last transition;
     - ``revision``: the log index of the Register that created or last replaced it, so a late
-      health command for an older incarnation changes nothing.
+      health command for an older incarnation changes nothing (0: restored from a format-1
+      snapshot, written before health existed);
+    - ``output``: why it has its status, from the last transition (e.g. "connection refused");
+      "" after a registration.
     """
 
     id: str
@@ -75,6 +78,7 @@ class Instance:
     status: HealthStatus = HealthStatus.PASSING
     since_ms: int = 0
     revision: int = 0
+    output: str = ""
 
     @property
     def serving(self) -> bool:

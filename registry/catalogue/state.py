@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
 import msgpack
 
-from .commands import CommandError, Deregister, Register, Restore, decode_command, decode_envelope
-from .model import Instance
+from .commands import CommandError, Deregister, Register, Restore, SetHealth, decode_command, decode_envelope
+from .model import Check, CheckKind, HealthStatus, Instance
 from .validation import (
+    CHECK_KEYS,
     ValidationError,
     validate_client_id,
     validate_instance,
@@ -40,7 +41,11 @@ STALE_SEQ = "stale_seq"
 REJECTION_CODES = frozenset({INVALID, NOT_FOUND, STALE_SEQ})
 
 SNAPSHOT_MAGIC = b"RCAT"
-SNAPSHOT_FORMAT = 1
+#: The snapshot format this code writes. Format 1 (before health: instances are
+#: [id, address, port, tags, meta]) is still read: its instances are passing, with no check,
+#: revision 0 and since 0. Format 2 instances add [check, status, since_ms, revision, output].
+SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMATS = (1, 2)
 _HEADER_BYTES = len(SNAPSHOT_MAGIC) + 2 + 32  # magic, format (u16 big-endian), SHA-256 of the body
 
 _by_id = attrgetter("id")
@@ -71,6 +76,13 @@ class Deregistered:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthSet:
+    """A SetHealth applied to the incarnation it named; ``changed``: its status was different."""
+
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     code: str  # one of REJECTION_CODES
     message: str  # says what was wrong and, for INVALID, what is accepted
@@ -84,7 +96,12 @@ class Restored:
     instances: int
 
 
-Result = Registered | Deregistered | Restored | Rejected
+Result = Registered | Deregistered | HealthSet | Restored | Rejected
+
+#: The (service, instance_id) keys an entry changed. ``ALL_TOUCHED`` stands for every instance
+#: (a Restore); test it with ``is``. ("*" is never a service name, so it cannot be a real key.)
+Touched = tuple[tuple[str, str], ...]
+ALL_TOUCHED: Touched = (("*", "*"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +111,19 @@ class Applied:
     ``client_id`` and ``seq`` are None only for an entry whose bytes do not name a client.
     ``index`` is the log index whose application produced ``result``: the entry's own index,
     except for a retried request, where it is the index of the original (Raft §8).
+    ``touched``: the (service, instance_id) keys this entry added, replaced, removed or changed
+    the health of, sorted; ``ALL_TOUCHED`` for an applied Restore; () when it changed nothing
+    (a rejection, a retry, a SetHealth that found the status already set). The node's health
+    tracker follows the catalogue with it.
+    NB: ``touched`` is left out of equality: it describes this application, not the answer, so
+    a retry equals the original although it touched nothing. It is never stored.
     """
 
     client_id: str | None
     seq: int | None
     result: Result
     index: int
+    touched: Touched = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,14 +217,16 @@ class Catalogue:
             return Applied(client_id, seq, session.result, session.result_index)
 
         if isinstance(command, Register):
-            result, services = self._register(command)
+            result, services, touched = self._register(command, index)
+        elif isinstance(command, SetHealth):
+            result, services, touched = self._set_health(command)
         elif isinstance(command, Restore):
-            result, services = self._restore(command)
+            result, services, touched = self._restore(command)
         else:
-            result, services = self._deregister(command)
+            result, services, touched = self._deregister(command)
         self._remember(client_id, _Session(seq, _remembered(result), index, index))
         self._publish(index, services)
-        return Applied(client_id, seq, result, index)
+        return Applied(client_id, seq, result, index, touched)
 
     def skip(self, index: int) -> None:
         """Record the committed non-NORMAL entry at ``index`` (a leader's no-op, a config change)."""
@@ -232,8 +258,12 @@ class Catalogue:
             sessions.popitem(last=False)  # the least recently used: the smallest used_index
         sessions[client_id] = session
 
-    def _register(self, command: Register) -> tuple[Result, ServiceMap | None]:
-        """Upsert by id. Returns the result and the new services, or None if nothing changed."""
+    def _register(self, command: Register, index: int) -> _Change:
+        """Upsert by id: a new incarnation (revision ``index``), passing since ``at_ms``.
+
+        NB: even an identical definition is replaced (the view's version moves): the new revision
+        is what makes a late health command for the previous incarnation change nothing.
+        """
         assert command.instance_id is not None
         new = Instance(
             id=command.instance_id,
@@ -242,21 +272,65 @@ class Catalogue:
             port=command.port,
             tags=command.tags,
             meta=command.meta,
+            check=command.check,
+            status=HealthStatus.PASSING,
+            since_ms=command.at_ms,
+            revision=index,
         )
         services = self._view.services
         instances = services.get(command.service, ())
         i = bisect_left(instances, new.id, key=_by_id)
+        touched = ((command.service, new.id),)
         if i < len(instances) and instances[i].id == new.id:
-            replaced = Registered(new.id, created=False, previous=instances[i])
-            if instances[i] == new:
-                return replaced, None
             updated = instances[:i] + (new,) + instances[i + 1 :]
-            return replaced, services.with_instances(command.service, updated)
+            result = Registered(new.id, created=False, previous=instances[i])
+            return result, services.with_instances(command.service, updated), touched
         updated = instances[:i] + (new,) + instances[i:]
-        return Registered(new.id, created=True), services.with_instances(command.service, updated)
+        return Registered(new.id, created=True), services.with_instances(command.service, updated), touched
 
-    def _deregister(self, command: Deregister) -> tuple[Result, ServiceMap | None]:
+    def _find(self, service: str, instance_id: str, revision: int) -> tuple[tuple[Instance, ...], int] | Rejected:
+        """(the service's instances, the position of the one with this id and revision), or why not."""
+        instances = self._view.services.get(service, ())
+        i = bisect_left(instances, instance_id, key=_by_id)
+        if i == len(instances) or instances[i].id != instance_id:
+            return Rejected(NOT_FOUND, f"service {service!r} has no instance with id {instance_id!r}")
+        if instances[i].revision != revision:
+            return Rejected(
+                NOT_FOUND,
+                f"instance {instance_id!r} of service {service!r} was registered again (revision "
+                f"{instances[i].revision}) since revision {revision}",
+            )
+        return instances, i
+
+    def _set_health(self, command: SetHealth) -> _Change:
+        """Change one incarnation's status; the same copy as a register (one instance replaced)."""
+        found = self._find(command.service, command.instance_id, command.revision)
+        if isinstance(found, Rejected):
+            return found, None, ()
+        instances, i = found
+        old = instances[i]
+        if old.status is command.status:
+            return HealthSet(changed=False), None, ()
+        new = Instance(
+            id=old.id, service=old.service, address=old.address, port=old.port, tags=old.tags, meta=old.meta,
+            check=old.check, status=command.status, since_ms=command.at_ms, revision=old.revision,
+            output=command.output,
+        )  # fmt: skip
+        updated = instances[:i] + (new,) + instances[i + 1 :]
+        touched = ((command.service, old.id),)
+        return HealthSet(changed=True), self._view.services.with_instances(command.service, updated), touched
+
+    def _deregister(self, command: Deregister) -> _Change:
         services = self._view.services
+        if command.revision is not None:
+            assert command.instance_id is not None
+            found = self._find(command.service, command.instance_id, command.revision)
+            if isinstance(found, Rejected):
+                return found, None, ()
+            instances, i = found
+            kept = instances[:i] + instances[i + 1 :]
+            touched = ((command.service, command.instance_id),)
+            return Deregistered((command.instance_id,)), services.with_instances(command.service, kept), touched
         instances = services.get(command.service, ())
         if command.instance_id is not None:
             kept = tuple(i for i in instances if i.id != command.instance_id)
@@ -266,12 +340,13 @@ class Catalogue:
             host = f"[{command.address}]" if ":" in (command.address or "") else command.address
             where = f"at {host}:{command.port}"
         if len(kept) == len(instances):
-            return Rejected(NOT_FOUND, f"service {command.service!r} has no instance {where}"), None
+            return Rejected(NOT_FOUND, f"service {command.service!r} has no instance {where}"), None, ()
         kept_ids = {i.id for i in kept}
         removed = tuple(i.id for i in instances if i.id not in kept_ids)
-        return Deregistered(removed), services.with_instances(command.service, kept)
+        touched = tuple((command.service, i) for i in removed)
+        return Deregistered(removed), services.with_instances(command.service, kept), touched
 
-    def _restore(self, command: Restore) -> tuple[Result, ServiceMap | None]:
+    def _restore(self, command: Restore) -> _Change:
         """Take the services of the snapshot in ``command``; keep this catalogue's sessions.
 
         NB: sessions are deliberately NOT taken from the snapshot. A session says which writes of
@@ -285,12 +360,12 @@ class Catalogue:
         try:
             view, _ = _parse_snapshot(command.snapshot, self._max_sessions)
         except SnapshotError as e:
-            return Rejected(INVALID, f"cannot restore: {e}"), None
+            return Rejected(INVALID, f"cannot restore: {e}"), None, ()
         services = view.services
         result = Restored(len(services), sum(len(instances) for instances in services.values()))
         if services == self._view.services:
-            return result, None  # the same content: the version (DNS caches) stays
-        return result, services
+            return result, None, ()  # the same content: the version (DNS caches) stays
+        return result, services, ALL_TOUCHED
 
     # Comparing and snapshotting.
 
@@ -330,15 +405,56 @@ class Catalogue:
 
     def _body(self) -> bytes:
         view = self._view
-        services = [
-            [name, [[i.id, i.address, i.port, list(i.tags), [list(p) for p in i.meta]] for i in view.services[name]]]
-            for name in view.services.names()
-        ]
+        services = [[name, [_encode_instance(i) for i in view.services[name]]] for name in view.services.names()]
         sessions = [
             [client_id, s.seq, s.used_index, s.result_index, _encode_result(s.result)]
             for client_id, s in self._sessions.items()
         ]
         return msgpack.packb([view.applied_index, view.version, services, sessions], use_bin_type=True)
+
+
+_Change = tuple[Result, ServiceMap | None, Touched]  # the result, the new services (None: unchanged), touched
+
+
+def _encode_instance(i: Instance) -> list[Any]:
+    """An instance in a format-2 snapshot (services name it; the check as a list of CHECK_KEYS values)."""
+    check = i.check
+    raw_check = None if check is None else [
+        check.kind.value, check.ttl_ms, check.url, check.interval_ms, check.timeout_ms, check.failures,
+        check.successes, check.deregister_after_ms,
+    ]  # fmt: skip
+    return [i.id, i.address, i.port, list(i.tags), [list(p) for p in i.meta], raw_check, i.status.value,
+            i.since_ms, i.revision, i.output]
+
+
+def _decode_instance(raw: Any, service: str, snapshot_format: int) -> Instance:
+    """An instance from a snapshot of ``snapshot_format``, checked for shape only (the caller validates)."""
+    if snapshot_format == 1:
+        _check(_is_list(raw, 5) and _is_list(raw[3]) and _is_list(raw[4]),
+               "an instance is [id, address, port, tags, meta]")
+        return Instance(raw[0], service, raw[1], raw[2], tuple(raw[3]), tuple(_pair(p) for p in raw[4]))
+    _check(_is_list(raw, 10) and _is_list(raw[3]) and _is_list(raw[4]),
+           "an instance is [id, address, port, tags, meta, check, status, since_ms, revision, output]")
+    raw_check, status = raw[5], raw[6]
+    check = None
+    if raw_check is not None:
+        _check(_is_list(raw_check, len(CHECK_KEYS)), f"a check is [{', '.join(CHECK_KEYS)}]")
+        kind = _CHECK_KINDS.get(raw_check[0])
+        _check(kind is not None, f"unknown check kind {raw_check[0]!r}")
+        check = Check(kind, *raw_check[1:])  # type: ignore[arg-type]
+    _check(status in _STATUSES, f"unknown health status {status!r}")
+    return Instance(
+        raw[0], service, raw[1], raw[2], tuple(raw[3]), tuple(_pair(p) for p in raw[4]), check, _STATUSES[status],
+        raw[7], raw[8], raw[9],
+    )  # fmt: skip
+
+
+def _pair(raw: Any) -> Any:
+    return tuple(raw) if _is_list(raw, 2) else raw
+
+
+_CHECK_KINDS = {kind.value: kind for kind in CheckKind}
+_STATUSES = {status.value: status for status in HealthStatus}
 
 
 def _remembered(result: Result) -> Result:
@@ -355,6 +471,8 @@ def _encode_result(result: Result) -> list[Any]:
         return ["deregistered", list(result.removed)]
     if isinstance(result, Restored):
         return ["restored", result.services, result.instances]
+    if isinstance(result, HealthSet):
+        return ["health_set", result.changed]
     return ["rejected", result.code, result.message]
 
 
@@ -375,7 +493,8 @@ def _is_list(value: object, length: int | None = None) -> bool:
 
 
 def check_snapshot_envelope(data: bytes) -> None:
-    """Check a snapshot's header and SHA-256 checksum only (fast: nothing is parsed).
+    """Check a snapshot's header (a format in SNAPSHOT_FORMATS) and SHA-256 checksum only (fast:
+    nothing is parsed).
 
     Raises SnapshotError. A snapshot that passes may still be refused by ``restore``, which
     checks every field; this lets a caller turn away damaged or foreign bytes cheaply.
@@ -383,34 +502,39 @@ def check_snapshot_envelope(data: bytes) -> None:
     _snapshot_body(data)
 
 
-def _snapshot_body(data: bytes) -> memoryview:
-    """The checked body of a snapshot, without copying it (a snapshot can be tens of MB)."""
+def _snapshot_body(data: bytes) -> tuple[int, memoryview]:
+    """(format, the checked body) of a snapshot, without copying it (a snapshot can be tens of MB)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SnapshotError(f"a snapshot must be bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) < _HEADER_BYTES or not data.startswith(SNAPSHOT_MAGIC):
         raise SnapshotError("not a catalogue snapshot (no RCAT header)")
     version = int.from_bytes(data[4:6], "big")
-    if version != SNAPSHOT_FORMAT:
-        raise SnapshotError(f"unsupported catalogue snapshot format {version}; this node reads {SNAPSHOT_FORMAT}")
+    if version not in SNAPSHOT_FORMATS:
+        raise SnapshotError(
+            f"unsupported catalogue snapshot format {version}; this node reads formats "
+            f"{', '.join(map(str, SNAPSHOT_FORMATS))}"
+        )
     body = memoryview(data)[_HEADER_BYTES:]
     if hashlib.sha256(body).digest() != data[6:_HEADER_BYTES]:
         raise SnapshotError("catalogue snapshot checksum mismatch: the snapshot is corrupt or truncated")
-    return body
+    return version, body
 
 
 def _parse_snapshot(data: bytes, max_sessions: int) -> tuple[CatalogueView, OrderedDict[str, _Session]]:
-    body = _snapshot_body(data)
+    snapshot_format, body = _snapshot_body(data)
     try:
         state = msgpack.unpackb(body, raw=False, strict_map_key=True)
-        return _parse_state(state, max_sessions)
+        return _parse_state(state, max_sessions, snapshot_format)
     except SnapshotError:
         raise
     except (ValidationError, ValueError, TypeError, IndexError, KeyError) as e:
         raise SnapshotError(f"corrupt catalogue snapshot: {type(e).__name__}: {e}") from e
 
 
-def _parse_state(state: object, max_sessions: int) -> tuple[CatalogueView, OrderedDict[str, _Session]]:
+def _parse_state(
+    state: object, max_sessions: int, snapshot_format: int
+) -> tuple[CatalogueView, OrderedDict[str, _Session]]:
     _check(_is_list(state, 4), "expected [applied_index, version, services, sessions]")
     applied_index, version, raw_services, raw_sessions = state  # type: ignore[misc]
     _check(_is_int(applied_index), "applied_index is not a non-negative int")
@@ -425,14 +549,7 @@ def _parse_state(state: object, max_sessions: int) -> tuple[CatalogueView, Order
         _check(not services or services[-1][0] < name, "services are not sorted by name")
         instances: list[Instance] = []
         for raw in raw_instances:
-            _check(
-                _is_list(raw, 5) and _is_list(raw[3]) and _is_list(raw[4]),
-                "an instance is [id, address, port, tags, meta]",
-            )
-            instance = Instance(
-                id=raw[0], service=name, address=raw[1], port=raw[2], tags=tuple(raw[3]),
-                meta=tuple(tuple(p) if _is_list(p, 2) else p for p in raw[4]),
-            )  # fmt: skip
+            instance = _decode_instance(raw, name, snapshot_format)
             _check(validate_instance(instance) == instance, f"instance {raw[0]!r} of {name!r} is not canonical")
             _check(not instances or instances[-1].id < instance.id, f"instances of {name!r} are not sorted by id")
             instances.append(instance)
@@ -465,6 +582,9 @@ def _decode_result(raw: object) -> Result:
     if kind == "deregistered":
         _check(_is_list(raw, 2) and _is_list(raw[1]) and len(raw[1]) > 0, "a deregistered result is [kind, [id, ...]]")
         return Deregistered(tuple(validate_instance_id(i) for i in raw[1]))
+    if kind == "health_set":
+        _check(_is_list(raw, 2) and type(raw[1]) is bool, "a health_set result is [kind, changed]")
+        return HealthSet(raw[1])
     if kind == "restored":
         _check(_is_list(raw, 3) and _is_int(raw[1]) and _is_int(raw[2]),
                "a restored result is [kind, services, instances]")

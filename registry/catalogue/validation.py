@@ -18,7 +18,16 @@ The rules:
   digit; case-sensitive. NB: no ``:``, so that a CLI argument ``ID|HOST:PORT`` is never ambiguous
   (anything with a colon is an address), and no leading ``-`` (it would read as an option).
 - meta: at most 64 keys; a key is 1-128 characters, a value 0-512 characters, both ``str``.
-- client id: 1-64 characters. seq: an ``int`` from 1 to 2**63-1.
+- client id: 1-64 characters. seq: an ``int`` from 1 to 2**63-1. Ids starting with ``~`` are
+  accepted in the log but reserved for the cluster's own writes (``~health``): a node refuses them
+  from clients (``validate_external_client_id``), so that no client can make those writes stale.
+- check (``validate_check``): kind ``ttl``, ``tcp`` or ``http``. TTL: ``ttl_ms`` 1 s to 24 h.
+  TCP and HTTP: ``interval_ms`` 1 s to 24 h, ``timeout_ms`` 100 ms to the interval, ``failures``
+  and ``successes`` 1 to 100; HTTP also ``url``: ``http://HOST:PORT/path``, at most 512
+  characters. Any kind: ``deregister_after_ms`` 0 (never) or 1 min to 30 days. A field that does
+  not apply to the kind must be 0 or "" (``failures`` and ``successes`` keep their defaults).
+- health: ``status`` passing or critical; times (``at_ms``, ``since_ms``) integer ms from 0 to
+  2**63-1; ``revision`` (of a health command) 1 to 2**63-1; ``output`` at most 256 characters.
 
 Every string must be encodable as UTF-8 (no lone surrogates), since the log stores msgpack.
 
@@ -32,8 +41,9 @@ import ipaddress
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
-from .model import Instance
+from .model import Check, CheckKind, HealthStatus, Instance
 
 LABEL_MAX_OCTETS = 63
 HOSTNAME_MAX_OCTETS = 253
@@ -45,6 +55,21 @@ META_KEY_MAX = 128
 META_VALUE_MAX = 512
 CLIENT_ID_MAX = 64
 SEQ_MAX = 2**63 - 1
+#: Client ids starting with this are the cluster's own (the leader's health writes: ``~health``).
+RESERVED_CLIENT_PREFIX = "~"
+TIME_MS_MAX = 2**63 - 1
+REVISION_MAX = 2**63 - 1
+TTL_MS_MIN, TTL_MS_MAX = 1_000, 24 * 3_600_000
+INTERVAL_MS_MIN, INTERVAL_MS_MAX = 1_000, 24 * 3_600_000
+TIMEOUT_MS_MIN = 100
+THRESHOLD_MIN, THRESHOLD_MAX = 1, 100
+DEREGISTER_AFTER_MS_MIN, DEREGISTER_AFTER_MS_MAX = 60_000, 30 * 86_400_000
+CHECK_URL_MAX = 512
+HEALTH_OUTPUT_MAX = 256
+#: The keys of a check as a map (the log encoding and the client protocol's ``check`` argument).
+CHECK_KEYS = (
+    "kind", "ttl_ms", "url", "interval_ms", "timeout_ms", "failures", "successes", "deregister_after_ms",
+)  # fmt: skip
 #: The largest catalogue snapshot a restore carries: one Raft entry holds it, and an
 #: AppendEntries with that one entry must stay under the transport's 64 MiB frame limit.
 RESTORE_MAX_BYTES = 48 * 1024**2
@@ -73,6 +98,7 @@ _MEMO_MAX = 4096
 _services_seen: dict[str, str] = {}
 _tags_seen: dict[tuple[str, ...], tuple[str, ...]] = {}
 _meta_pairs_seen: dict[tuple[str, str], tuple[str, str]] = {}
+_checks_seen: dict[Check, Check] = {}
 # A canonical dotted quad (no leading zeros, each octet 0-255): exactly the texts that
 # ipaddress.IPv4Address accepts and prints back unchanged.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -344,6 +370,21 @@ def validate_client_id(value: object) -> str:
     return text
 
 
+def validate_external_client_id(value: object) -> str:
+    """A client id as a client may send it: ``validate_client_id``, and not reserved (``~...``).
+
+    For the node's client API; the log itself accepts reserved ids (the leader writes them).
+    """
+    text = validate_client_id(value)
+    if text.startswith(RESERVED_CLIENT_PREFIX):
+        raise ValidationError(
+            "client",
+            f"client id {brief_repr(text)} starts with {RESERVED_CLIENT_PREFIX!r}, which is reserved for the "
+            "cluster's own writes; use another id (e.g. a random UUID hex)",
+        )
+    return text
+
+
 def validate_seq(value: object) -> int:
     if type(value) is not int:
         raise ValidationError(
@@ -354,8 +395,192 @@ def validate_seq(value: object) -> int:
     return value
 
 
+def _int_in(value: object, field: str, what: str, low: int, high: int, accepted: str) -> int:
+    if type(value) is not int:
+        raise ValidationError(field, f"{what} must be an integer ({accepted}), got {_type_name(value)} "
+                              f"{brief_repr(value)}")
+    if not low <= value <= high:
+        raise ValidationError(field, f"invalid {what} {value}: use {accepted}")
+    return value
+
+
+def _ms(ms: int) -> str:
+    """A duration for a message: ``1000 ms (1 s)``."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms} ms ({ms // size} {unit})"
+    return f"{ms} ms"
+
+
+def _ms_range(low: int, high: int) -> str:
+    return f"an integer number of milliseconds from {_ms(low)} to {_ms(high)}"
+
+
+def validate_time_ms(value: object, field: str = "at_ms") -> int:
+    """A wall-clock time in integer milliseconds since the epoch (0 = unknown)."""
+    return _int_in(value, field, field, 0, TIME_MS_MAX, "an integer number of milliseconds from 0 to 2**63-1")
+
+
+def validate_revision(value: object) -> int:
+    """The revision a health command is for: the log index of the instance's Register, >= 1."""
+    return _int_in(value, "revision", "revision", 1, REVISION_MAX,
+                   "the log index of the instance's registration, an integer from 1 to 2**63-1")
+
+
+def validate_status(value: object) -> HealthStatus:
+    """A HealthStatus, or its text (``passing`` or ``critical``)."""
+    if isinstance(value, HealthStatus):
+        return value
+    accepted = " or ".join(repr(s.value) for s in HealthStatus)
+    if type(value) is str:
+        try:
+            return HealthStatus(value)
+        except ValueError:
+            pass
+    raise ValidationError("status", f"invalid health status {brief_repr(value)}: use {accepted}")
+
+
+def validate_output(value: object) -> str:
+    """A health command's explanation (e.g. ``connection refused``): 0-256 characters."""
+    text = _require_str(value, "output", "output", f"0-{HEALTH_OUTPUT_MAX} characters")
+    if len(text) > HEALTH_OUTPUT_MAX:
+        raise ValidationError(
+            "output", f"output is {len(text)} characters long; at most {HEALTH_OUTPUT_MAX} are accepted"
+        )
+    _require_utf8(text, "output", "output")
+    return text
+
+
+_URL_RULE = f"http://HOST:PORT/path (host and port required, at most {CHECK_URL_MAX} characters)"
+
+
+def validate_check_url(value: object) -> str:
+    """An HTTP check's URL: ``http://HOST:PORT[/path][?query]``, printable ASCII, returned as given."""
+    text = _require_str(value, "check", "check url", _URL_RULE)
+    if len(text) > CHECK_URL_MAX:
+        raise ValidationError(
+            "check", f"check url is {len(text)} characters long; at most {CHECK_URL_MAX} are accepted"
+        )
+    bad = next((c for c in text if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise ValidationError(
+            "check", f"invalid check url {brief_repr(text)}: contains {bad!r}; use printable ASCII without "
+            f"spaces (percent-encode the rest): {_URL_RULE}"
+        )
+    if not text.startswith("http://"):
+        scheme = text.partition(":")[0]
+        raise ValidationError(
+            "check", f"invalid check url {brief_repr(text)}: scheme {scheme!r}; only http:// is supported: {_URL_RULE}"
+        )
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as e:
+        raise ValidationError("check", f"invalid check url {brief_repr(text)}: {e}; use {_URL_RULE}") from None
+    if "@" in parts.netloc or parts.fragment or "#" in text:
+        raise ValidationError(
+            "check", f"invalid check url {brief_repr(text)}: no user info or #fragment is accepted; use {_URL_RULE}"
+        )
+    if not parts.hostname:
+        raise ValidationError("check", f"invalid check url {brief_repr(text)}: it names no host; use {_URL_RULE}")
+    if port is None:
+        raise ValidationError("check", f"invalid check url {brief_repr(text)}: it names no port; use {_URL_RULE}")
+    try:
+        validate_address(parts.hostname)
+        validate_port(port)
+    except ValidationError as e:
+        raise ValidationError("check", f"invalid check url {brief_repr(text)}: {e}") from None
+    return text
+
+
+def validate_check(value: object) -> Check:
+    """A canonical Check from a Check or a map with ``CHECK_KEYS`` (``kind`` required).
+
+    The map is the log's and the client protocol's form: missing keys take the Check defaults;
+    ``kind`` is the text ``ttl``, ``tcp`` or ``http``.
+    """
+    if isinstance(value, Check):
+        fields = {key: getattr(value, key) for key in CHECK_KEYS}
+    elif isinstance(value, Mapping):
+        unknown = [key for key in value if key not in CHECK_KEYS]
+        if unknown:
+            raise ValidationError(
+                "check", f"check has unknown keys {brief_repr(sorted(map(str, unknown)))}; accepted: {list(CHECK_KEYS)}"
+            )
+        if "kind" not in value:
+            raise ValidationError("check", "check lacks 'kind'; use 'ttl', 'tcp' or 'http'")
+        fields = {key: getattr(_DEFAULT_CHECK, key) for key in CHECK_KEYS} | dict(value)
+    else:
+        raise ValidationError("check", f"check must be a map with {list(CHECK_KEYS)}, got {_type_name(value)}")
+
+    kind = fields["kind"]
+    if not isinstance(kind, CheckKind):
+        try:
+            kind = CheckKind(kind) if type(kind) is str else None
+        except ValueError:
+            kind = None
+        if kind is None:
+            raise ValidationError("check", f"invalid check kind {brief_repr(fields['kind'])}: use 'ttl', 'tcp' or 'http'")
+    name = kind.value
+
+    def unused(key: str, empty: object) -> None:
+        if fields[key] != empty or type(fields[key]) is not type(empty):
+            raise ValidationError(
+                "check", f"a {name} check takes no {key} (got {brief_repr(fields[key])}); leave it {empty!r}"
+            )
+
+    ttl_ms = interval_ms = timeout_ms = 0
+    url = ""
+    if kind is CheckKind.TTL:
+        ttl_ms = _int_in(fields["ttl_ms"], "check", "check ttl_ms", TTL_MS_MIN, TTL_MS_MAX,
+                         _ms_range(TTL_MS_MIN, TTL_MS_MAX))
+        for key in ("interval_ms", "timeout_ms"):
+            unused(key, 0)
+        unused("url", "")
+    else:
+        unused("ttl_ms", 0)
+        interval_ms = _int_in(fields["interval_ms"], "check", "check interval_ms", INTERVAL_MS_MIN, INTERVAL_MS_MAX,
+                              _ms_range(INTERVAL_MS_MIN, INTERVAL_MS_MAX))
+        timeout_ms = _int_in(fields["timeout_ms"], "check", "check timeout_ms", TIMEOUT_MS_MIN, interval_ms,
+                             f"{_ms_range(TIMEOUT_MS_MIN, interval_ms)} (at most the interval)")
+        if kind is CheckKind.HTTP:
+            url = validate_check_url(fields["url"])
+        else:
+            unused("url", "")
+    thresholds = f"an integer from {THRESHOLD_MIN} to {THRESHOLD_MAX}"
+    failures = _int_in(fields["failures"], "check", "check failures", THRESHOLD_MIN, THRESHOLD_MAX, thresholds)
+    successes = _int_in(fields["successes"], "check", "check successes", THRESHOLD_MIN, THRESHOLD_MAX, thresholds)
+    deregister_after_ms = fields["deregister_after_ms"]
+    if deregister_after_ms != 0 or type(deregister_after_ms) is not int:
+        deregister_after_ms = _int_in(
+            deregister_after_ms, "check", "check deregister_after_ms", DEREGISTER_AFTER_MS_MIN,
+            DEREGISTER_AFTER_MS_MAX,
+            f"0 (never) or {_ms_range(DEREGISTER_AFTER_MS_MIN, DEREGISTER_AFTER_MS_MAX)}",
+        )  # fmt: skip
+    check = Check(kind, ttl_ms, url, interval_ms, timeout_ms, failures, successes, deregister_after_ms)
+    seen = _checks_seen.get(check)
+    if seen is None:
+        _memo(_checks_seen, check, check)
+        seen = check
+    return seen
+
+
+_DEFAULT_CHECK = Check(CheckKind.TTL)
+
+
+def check_to_map(check: Check) -> dict[str, object]:
+    """A check as a map with every one of ``CHECK_KEYS`` (``kind`` as its text); the inverse of
+    ``validate_check`` for a canonical check."""
+    fields: dict[str, object] = {key: getattr(check, key) for key in CHECK_KEYS}
+    fields["kind"] = check.kind.value
+    return fields
+
+
 def validate_instance(instance: Instance) -> Instance:
-    """``instance`` with every field validated and in canonical form (raises ValidationError)."""
+    """``instance`` with every field validated and in canonical form (raises ValidationError).
+
+    ``revision`` may be 0 here (an instance from a format-1 snapshot, or built by a test).
+    """
     if not isinstance(instance, Instance):
         raise ValidationError("instance", f"expected an Instance, got {_type_name(instance)}")
     return Instance(
@@ -365,4 +590,10 @@ def validate_instance(instance: Instance) -> Instance:
         port=validate_port(instance.port),
         tags=validate_tags(instance.tags),
         meta=validate_meta(instance.meta),
+        check=None if instance.check is None else validate_check(instance.check),
+        status=validate_status(instance.status),
+        since_ms=validate_time_ms(instance.since_ms, "since_ms"),
+        revision=_int_in(instance.revision, "revision", "revision", 0, REVISION_MAX,
+                         "an integer from 0 to 2**63-1"),
+        output=validate_output(instance.output),
     )

@@ -68,7 +68,7 @@ def test_request_validates_client_seq_and_command() -> None:
         Request("", 1, Register("web", "10.0.0.5", 80))
     with pytest.raises(ValidationError, match="2\\*\\*63-1"):
         Request("c", 0, Register("web", "10.0.0.5", 80))
-    with pytest.raises(ValidationError, match="Register or a Deregister"):
+    with pytest.raises(ValidationError, match="a Register, a Deregister, a SetHealth or a Restore"):
         Request("c", 1, "register web")  # type: ignore[arg-type]
 
 

@@ -14,11 +14,14 @@ from registry.catalogue import (
     Catalogue,
     CommandError,
     Deregistered,
+    HealthSet,
+    HealthStatus,
     Instance,
     Register,
     Registered,
     Rejected,
     Result,
+    SetHealth,
     decode_request,
 )
 
@@ -92,9 +95,27 @@ class Model:
             instances = self.services.setdefault(command.service, {})
             previous = instances.get(command.instance_id)
             instances[command.instance_id] = Instance(
-                command.instance_id, command.service, command.address, command.port, command.tags, command.meta
-            )
+                command.instance_id, command.service, command.address, command.port, command.tags, command.meta,
+                command.check, HealthStatus.PASSING, since_ms=command.at_ms, revision=index,
+            )  # fmt: skip
             result = Registered(command.instance_id, previous is None, previous)
+        elif isinstance(command, SetHealth) or getattr(command, "revision", None) is not None:
+            instances = self.services.get(command.service, {})
+            found = instances.get(command.instance_id)
+            if found is None or found.revision != command.revision:
+                result = Rejected("not_found", "")
+            elif isinstance(command, SetHealth):
+                result = HealthSet(found.status is not command.status)
+                if result.changed:
+                    instances[found.id] = Instance(
+                        found.id, found.service, found.address, found.port, found.tags, found.meta, found.check,
+                        command.status, command.at_ms, found.revision, command.output,
+                    )  # fmt: skip
+            else:
+                del instances[found.id]
+                if not instances:
+                    self.services.pop(command.service, None)
+                result = Deregistered((found.id,))
         else:
             instances = self.services.get(command.service, {})
             removed = sorted(
@@ -118,7 +139,8 @@ def _comparable(result: Result | str) -> object:
 @settings(max_examples=200)
 @given(entry_lists)
 def test_the_catalogue_follows_the_model(log: list[Entry]) -> None:
-    """Upserts, both kinds of deregistration, not_found, retries and stale seqs behave as the model says."""
+    """Upserts, the three kinds of deregistration, health changes, not_found, retries and stale seqs
+    behave as the model says."""
     catalogue, model = Catalogue(), Model()
     for kind, data in log:
         index = catalogue.applied_index + 1

@@ -54,7 +54,7 @@ def test_register_adds_an_instance_and_reports_it_created() -> None:
     applied = write(catalogue, "c1", 1, Register("web", "10.0.0.5", 8080, tags=["v1"]))
     assert applied == Applied("c1", 1, Registered("web-10.0.0.5-8080", created=True), index=1)
     assert catalogue.view.instances("web") == (
-        Instance("web-10.0.0.5-8080", "web", "10.0.0.5", 8080, ("v1",), ()),
+        Instance("web-10.0.0.5-8080", "web", "10.0.0.5", 8080, ("v1",), (), revision=1),
     )
     assert catalogue.applied_index == catalogue.view.applied_index == 1
 
@@ -65,12 +65,15 @@ def test_register_is_an_upsert_by_id() -> None:
     catalogue = Catalogue()
     write(catalogue, "c1", 1, Register("web", "10.0.0.5", 80, instance_id="a", tags=["old"], meta={"v": "1"}))
     applied = write(catalogue, "c1", 2, Register("web", "10.0.0.6", 81, instance_id="a"))
-    old = Instance("a", "web", "10.0.0.5", 80, ("old",), (("v", "1"),))
+    old = Instance("a", "web", "10.0.0.5", 80, ("old",), (("v", "1"),), revision=1)
     assert applied.result == Registered("a", created=False, previous=old)
-    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, (), ()),)
-    # The same definition again changes nothing, and says what it replaced: itself.
+    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, (), (), revision=2),)
+    # The same definition again is a new incarnation (revision 3) and says what it replaced: the same, at 2.
+    before = catalogue.view.instances("web")[0]
     again = write(catalogue, "c1", 3, Register("web", "10.0.0.6", 81, instance_id="a"))
-    assert again.result == Registered("a", created=False, previous=catalogue.view.instances("web")[0])
+    assert again.result == Registered("a", created=False, previous=before)
+    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, (), (), revision=3),)
+    assert again.touched == (("web", "a"),) and catalogue.view.version == 3
 
 
 def test_a_retried_register_answers_without_previous_on_every_node() -> None:
@@ -210,7 +213,8 @@ def test_the_least_recently_used_session_is_evicted() -> None:
     assert catalogue.session_count() == 2
     # b's session is gone, so its retry is applied again (the documented limit of a bounded table).
     again = write(catalogue, "b", 1, Register("web", "10.0.0.2", 80)).result
-    assert again == Registered("web-10.0.0.2-80", False, previous=Instance("web-10.0.0.2-80", "web", "10.0.0.2", 80))
+    assert again == Registered("web-10.0.0.2-80", False, previous=Instance("web-10.0.0.2-80", "web", "10.0.0.2", 80,
+                                                                               revision=2))
     assert catalogue.last_seq("a") is None  # and b's new session evicted a
 
 
@@ -354,7 +358,8 @@ def _damaged(position: slice | int) -> bytes:
     return bytes(data)
 
 
-_INSTANCE = ["a", "10.0.0.1", 80, [], []]
+_INSTANCE = ["a", "10.0.0.1", 80, [], [], None, "passing", 0, 1, ""]
+_TTL = ["ttl", 10_000, "", 0, 0, 3, 2, 0]
 _OK_RESULT = ["registered", "a", True]
 
 
@@ -374,9 +379,22 @@ _OK_RESULT = ["registered", "a", True]
         (_with_body([5, 1, [["web", []]], []]), "a service is [name"),
         (_with_body([5, 1, [["web", [_INSTANCE]], ["api", [_INSTANCE]]], []]), "not sorted by name"),
         (_with_body([5, 1, [["web", [_INSTANCE, _INSTANCE]]], []]), "not sorted by id"),
-        (_with_body([5, 1, [["web", [["a", "10.0.0.01", 80, [], []]]]], []]), "address"),
-        (_with_body([5, 1, [["web", [["a", "10.0.0.1", 0, [], []]]]], []]), "1 to 65535"),
-        (_with_body([5, 1, [["web", [["a", "10.0.0.1", 80, ["b", "a"], []]]]], []]), "not canonical"),
+        (_with_body([5, 1, [["web", [["a", "10.0.0.01", 80, [], [], None, "passing", 0, 1, ""]]]], []]), "address"),
+        (_with_body([5, 1, [["web", [["a", "10.0.0.1", 0, [], [], None, "passing", 0, 1, ""]]]], []]), "1 to 65535"),
+        (_with_body([5, 1, [["web", [["a", "10.0.0.1", 80, ["b", "a"], [], None, "passing", 0, 1, ""]]]], []]),
+         "not canonical"),
+        (_with_body([5, 1, [["web", [["a", "10.0.0.1", 80, [], []]]]], []]), "an instance is [id, address, port, tags, "
+         "meta, check"),
+        (_with_body([5, 1, [["web", [_INSTANCE[:5] + [None, "sick", 0, 1, ""]]]], []]), "unknown health status"),
+        (_with_body([5, 1, [["web", [_INSTANCE[:5] + [["udp", *_TTL[1:]], "passing", 0, 1, ""]]]], []]),
+         "unknown check kind"),
+        (_with_body([5, 1, [["web", [_INSTANCE[:5] + [_TTL[:-1], "passing", 0, 1, ""]]]], []]), "a check is [kind"),
+        (_with_body([5, 1, [["web", [_INSTANCE[:5] + [["ttl", 10, *_TTL[2:]], "passing", 0, 1, ""]]]], []]),
+         "ttl_ms"),
+        (_with_body([5, 1, [["web", [_INSTANCE[:5] + [_TTL, "passing", -1, 1, ""]]]], []]), "since_ms"),
+        (_with_body([5, 1, [["web", [_INSTANCE[:5] + [_TTL, "passing", 0, 1, "x" * 257]]]], []]), "output"),
+        (_with_body([5, 1, [["web", [_INSTANCE[:5] + [_TTL, "passing", 0, True, ""]]]], []]), "revision"),
+        (_with_body([5, 1, [], [["c", 1, 2, 1, ["health_set", 1]]]]), "a health_set result"),
         (_with_body([5, 1, [], [["c", 1, 9, 1, ["registered", "a", True]]]]), "LRU order"),
         (_with_body([5, 1, [], [["c", 1, 3, 4, ["registered", "a", True]]]]), "result_index"),
         (_with_body([5, 1, [], [["c", 1, 2, 1, ["shrugged"]]]]), "unknown result"),

@@ -10,6 +10,8 @@ import pytest
 
 from registry.catalogue import (
     AddressKind,
+    HealthStatus,
+    SetHealth,
     Catalogue,
     CatalogueView,
     Command,
@@ -121,7 +123,7 @@ def test_service_names_membership_and_instance_lookup() -> None:
     assert view.service_names() == ("db", "web") == tuple(view.services)
     assert len(view.services) == 2
     assert view.services.get("ghost") is None and "ghost" not in view
-    assert view.instance("WEB", "b") == Instance("b", "web", "10.0.0.2", 80, ("green", "v1"), ())
+    assert view.instance("WEB", "b") == Instance("b", "web", "10.0.0.2", 80, ("green", "v1"), (), revision=2)
     assert view.instance("web", "B") is None  # ids are case-sensitive
     assert view.instance("ghost", "b") is None
     assert view.instances("ghost") == ()
@@ -149,20 +151,23 @@ def test_ipv6_and_host_name_addresses() -> None:
 
 
 def test_version_changes_exactly_when_services_change() -> None:
-    """version is the index of the last entry that changed the services; no-ops keep it."""
+    """version is the index of the last entry that changed the services; no-ops keep it. An
+    identical re-register is not a no-op: it is a new incarnation (a new revision)."""
     catalogue = Catalogue()
     write(catalogue, Register("web", "10.0.0.1", 80))
     assert catalogue.view.version == 1
-    write(catalogue, Register("web", "10.0.0.1", 80))  # identical re-register: nothing changes
+    write(catalogue, Register("web", "10.0.0.1", 80))  # identical re-register: revision 2
+    assert catalogue.view.version == 2 and catalogue.view.instances("web")[0].revision == 2
     catalogue.skip(3)
     write(catalogue, Deregister("web", instance_id="nope"))  # not_found
     catalogue.apply(5, b"junk")  # invalid
-    write(catalogue, Register("web", "10.0.0.1", 80), client="c1")  # a new seq, identical again
-    assert (catalogue.view.applied_index, catalogue.view.version) == (6, 1)
+    write(catalogue, SetHealth("web", "web-10.0.0.1-80", 2, HealthStatus.PASSING, 9), client="c1")  # already passing
+    write(catalogue, SetHealth("web", "web-10.0.0.1-80", 1, HealthStatus.CRITICAL, 9), client="c1")  # old revision
+    assert (catalogue.view.applied_index, catalogue.view.version) == (7, 2)
     write(catalogue, Register("web", "10.0.0.1", 80, tags=["x"]))
-    assert catalogue.view.version == 7
-    write(catalogue, Deregister("web", address="10.0.0.1", port=80))
     assert catalogue.view.version == 8
+    write(catalogue, Deregister("web", address="10.0.0.1", port=80))
+    assert catalogue.view.version == 9
 
 
 def test_applying_to_one_service_shares_every_other_service() -> None:
