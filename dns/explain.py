@@ -10,7 +10,7 @@ tests/dns/test_explain.py checks it against real replies for random catalogues a
 An instance's reason, the first that applies:
 
 - ``tag``: the name asks for a tag the instance lacks;
-- ``critical``: it is not serving (with its ``since_ms``);
+- ``critical``: it is not serving (with its ``since_ms`` and ``output``);
 - ``family``: A or AAAA asked and the instance has the other family or a host name (which is in
   the SRV answer as a target, and in the A/AAAA answer only as the CNAME of an all-host-name
   service);
@@ -88,7 +88,7 @@ class Verdict:
         i = self.instance
         return {
             "instance_id": i.id, "address": i.address, "port": i.port, "status": i.status.value,
-            "since_ms": i.since_ms, "in_answer": self.in_answer,
+            "since_ms": i.since_ms, "output": i.output, "in_answer": self.in_answer,
             "reason": self.reason.value if self.reason is not None else None, "detail": self.detail,
         }
 
@@ -275,8 +275,9 @@ def _verdict(
     if tag is not None and not instance.has_tag(tag):
         return Verdict(instance, False, Reason.TAG, f"no tag {tag!r}")
     if not instance.serving:
+        why = f": {instance.output}" if instance.output else ""
         return Verdict(instance, False, Reason.CRITICAL,
-                       f"{instance.status.value} since {_since(instance.since_ms)}")
+                       f"{instance.status.value} since {_since(instance.since_ms)}{why}")
     mine = _keys_of(instance, zone) & full
     if not mine:
         if srv_only and qtype != T_SRV:

@@ -30,7 +30,8 @@ SINCE = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 def fleet() -> list[Instance]:
     return [
         inst("web", "w1", "10.0.0.1", 8001, tags=["prod"], meta=[("v", "1")]),
-        dataclasses.replace(inst("web", "w2", "10.0.0.2", 8002, tags=["prod"]), status=CRITICAL, since_ms=SINCE),
+        dataclasses.replace(inst("web", "w2", "10.0.0.2", 8002, tags=["prod"]), status=CRITICAL, since_ms=SINCE,
+                            output="connection refused"),
         inst("web", "w3", "2001:db8::3", 8003, tags=["canary"]),
         inst("web", "w4", "h4.example.com", 8004),
     ]
@@ -51,7 +52,8 @@ def test_each_instance_gets_its_reason() -> None:
     assert (e.rcode_name, e.service, e.tag) == ("NOERROR", "web", None)
     assert reasons(e) == {"w1": None, "w2": Reason.CRITICAL, "w3": Reason.FAMILY, "w4": Reason.FAMILY}
     crit = next(x for x in e.instances if x.instance.id == "w2")
-    assert crit.detail == "critical since 2023-11-14T22:13:20.000+00:00" and not crit.in_answer
+    assert crit.detail == "critical since 2023-11-14T22:13:20.000+00:00: connection refused" and not crit.in_answer
+    assert crit.as_dict()["output"] == "connection refused" and crit.as_dict()["reason"] == "critical"
     assert "A asked" in next(x for x in e.instances if x.instance.id == "w3").detail
     assert reasons(explain(v, "Prod.Web.Service.Registry", "AAAA")) == {
         "w1": Reason.FAMILY, "w2": Reason.CRITICAL, "w3": Reason.TAG, "w4": Reason.TAG}
