@@ -215,13 +215,13 @@ def explain(
     zone_labels = domain_labels(zone)
     labels = _parse_qname(qname)
     qt = parse_qtype(qtype)
-    shown = (b".".join(labels).decode("ascii") + ".") if labels else "."
+    shown = _zone_text(labels)
     tname = _qtype_name(qt)
     base = {"qname": shown, "qtype": tname, "max_udp": max_udp}
     responder_zone = Zone(zone_labels, ttl=30, negative_ttl=5, nameservers=nameserver_table(nameservers))
     if not responder_zone.contains(labels):
         return Explanation(rcode=REFUSED, rcode_name="REFUSED", summary=(
-            f"{shown} is outside the zone {zone_text(zone_labels)}: the responder refuses it (it never recurses)"),
+            f"{shown} is outside the zone {_zone_text(zone_labels)}: the responder refuses it (it never recurses)"),
             **base)
     if qt == T_AXFR or qt == T_IXFR:
         return Explanation(rcode=NOTIMP, rcode_name="NOTIMP", summary="zone transfers are not implemented", **base)
@@ -245,7 +245,8 @@ def explain(
                        **result)  # type: ignore[arg-type]
 
 
-def zone_text(labels: tuple[bytes, ...]) -> str:
+def _zone_text(labels: tuple[bytes, ...]) -> str:
+    """A name in presentation form, absolute."""
     return (b".".join(labels).decode("ascii") + ".") if labels else "."
 
 
