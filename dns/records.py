@@ -10,10 +10,10 @@ The names of the zone (DOMAIN is ``registry.`` by default; all names are case-in
 
 - ``DOMAIN``                         SOA; NS: every cluster node (``NAME.node.DOMAIN``).
 - ``NAME.node.DOMAIN``               A/AAAA of that node (the NS glue).
-- ``SERVICE.service.DOMAIN``         A/AAAA (shuffled), SRV, TXT (meta) of all instances.
+- ``SERVICE.service.DOMAIN``         A/AAAA (shuffled), SRV, TXT (meta) of all serving instances.
 - ``TAG.SERVICE.service.DOMAIN``     the same, only instances tagged TAG.
-- ``_SERVICE._tcp.service.DOMAIN``   SRV of all instances (RFC 2782 form).
-- ``_SERVICE._TAG.service.DOMAIN``   SRV of the instances tagged TAG.
+- ``_SERVICE._tcp.service.DOMAIN``   SRV of all serving instances (RFC 2782 form).
+- ``_SERVICE._TAG.service.DOMAIN``   SRV of the serving instances tagged TAG.
 - ``HEX.addr.DOMAIN``                SRV targets: A (8 hex digits) or AAAA (32 hex digits) of the
                                      address spelled in hex, e.g. ``0a000005.addr.registry.`` is
                                      10.0.0.5. Synthesised for every well-formed HEX, so a target
@@ -24,6 +24,11 @@ The names of the zone (DOMAIN is ``registry.`` by default; all names are case-in
   RFC 8020).
 
 Choices worth knowing:
+
+- Health: an instance that is not ``serving`` (critical) is in no answer. A name exists while
+  any of its instances does, critical or not, so a name whose instances are all critical (for
+  that name's tag) answers NODATA with the SOA, never NXDOMAIN: a resolver caches that for the
+  SOA's negative TTL only, and the name comes back as soon as an instance passes again.
 
 - NB: an SRV record of an instance registered with a host name has that host name as its target,
   not a CNAME under the zone: RFC 2782 forbids an alias as SRV target. Nothing is added to the
@@ -172,6 +177,49 @@ def _text(label: bytes) -> str | None:
     return label.decode("ascii") if label.isascii() else None
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceName:
+    """What a name under ``service.DOMAIN`` asks for: the instances of ``service`` (tagged ``tag``)."""
+
+    service: str
+    tag: str | None
+    srv_only: bool  # the RFC 2782 forms (_SERVICE._tcp, _SERVICE._TAG) hold SRV records only
+
+
+def service_name(rel: tuple[bytes, ...]) -> ServiceName | None:
+    """The instances that ``rel`` (a lowercase name relative to the zone, ending in ``service``)
+    names, or None if it names no instances (``service.DOMAIN``, a non-terminal, a malformed form)."""
+    depth = len(rel)
+    if depth == 2:
+        service = _text(rel[0])
+        if service is None or rel[0][:1] == b"_":
+            return None
+        return ServiceName(service, None, False)
+    if depth != 3:
+        return None
+    first, second = rel[0], rel[1]
+    if first[:1] == b"_" and second[:1] == b"_":
+        service = _text(first[1:])
+        tag = None if second == TCP else _text(second[1:])
+        if service is None or (tag is None and second != TCP):
+            return None
+        return ServiceName(service, tag, True)
+    if first[:1] != b"_" and second[:1] != b"_":
+        service, tag = _text(second), _text(first)
+        if service is None or tag is None:
+            return None
+        return ServiceName(service, tag, False)
+    return None
+
+
+def serving_only(instances: tuple[Instance, ...]) -> tuple[Instance, ...]:
+    """The instances DNS answers with: those not critical (``instances`` itself if all are)."""
+    for instance in instances:
+        if not instance.serving:
+            return tuple(i for i in instances if i.serving)
+    return instances
+
+
 class Zone:
     """The zone's configuration and the question -> ``Plan`` mapping."""
 
@@ -251,46 +299,26 @@ class Zone:
         if depth == 1:                                        # service.DOMAIN
             return self._exists(qname, qtype, serial, ANY_SERVICE) if len(view.services) else self._nx(serial, ANY_SERVICE)
         first = rel[0]
-        if depth == 2:
-            if first[:1] == b"_":                             # _tcp.service / _TAG.service: non-terminals
-                if first == TCP:
-                    found, dep = len(view.services) > 0, ANY_SERVICE
-                else:
-                    tag = _text(first[1:])
-                    found, dep = tag is not None and tag in self._all_tags(view), ALL_SERVICES
-                return self._exists(qname, qtype, serial, dep) if found else self._nx(serial, dep)
-            service = _text(first)                            # SERVICE.service
-            if service is None:
-                return self._nx(serial)
-            dep = service_dep(service)
-            instances = view.instances(service)
-            if not instances:
-                return self._nx(serial, dep)
-            return self._instances(qname, qtype, serial, instances, dep)
-        if depth == 3:
-            second = rel[1]
-            if first[:1] == b"_" and second[:1] == b"_":      # _SERVICE._tcp / _SERVICE._TAG
-                service = _text(first[1:])
-                tag = None if second == TCP else _text(second[1:])
-                if service is None or (tag is None and second != TCP):
-                    return self._nx(serial)
-                dep = service_dep(service)
-                instances = view.instances(service, tag)
-                if not instances:
-                    return self._nx(serial, dep)
-                if qtype == T_SRV or qtype == T_ANY:
-                    return self._instances(qname, qtype, serial, instances, dep)
-                return self._nodata(serial, dep)
-            if first[:1] != b"_" and second[:1] != b"_":      # TAG.SERVICE.service
-                service, tag = _text(second), _text(first)
-                if service is None or tag is None:
-                    return self._nx(serial)
-                dep = service_dep(service)
-                instances = view.instances(service, tag)
-                if not instances:
-                    return self._nx(serial, dep)
-                return self._instances(qname, qtype, serial, instances, dep)
-        return self._nx(serial)
+        if depth == 2 and first[:1] == b"_":                  # _tcp.service / _TAG.service: non-terminals
+            if first == TCP:
+                found, dep = len(view.services) > 0, ANY_SERVICE
+            else:
+                tag = _text(first[1:])
+                found, dep = tag is not None and tag in self._all_tags(view), ALL_SERVICES
+            return self._exists(qname, qtype, serial, dep) if found else self._nx(serial, dep)
+        name = service_name(rel)
+        if name is None:
+            return self._nx(serial)
+        dep = service_dep(name.service)
+        instances = view.instances(name.service, name.tag)
+        if not instances:
+            return self._nx(serial, dep)
+        # NB: the name exists while any instance does, critical or not: with none serving it is
+        # NODATA (the SOA says for how long to cache that), never NXDOMAIN.
+        serving = serving_only(instances)
+        if name.srv_only and qtype != T_SRV and qtype != T_ANY:
+            return self._nodata(serial, dep)
+        return self._instances(qname, qtype, serial, serving, dep)
 
     def _apex(self, qname: tuple[bytes, ...], qtype: int, serial: int) -> Plan:
         if qtype == T_SOA:
@@ -307,6 +335,8 @@ class Zone:
     def _instances(
         self, qname: tuple[bytes, ...], qtype: int, serial: int, instances: tuple[Instance, ...], dep: tuple[str, ...]
     ) -> Plan:
+        if not instances:
+            return self._exists(qname, qtype, serial, dep)
         ttl = self.ttl
         if qtype == T_A or qtype == T_AAAA:
             family = AddressKind.IPV4 if qtype == T_A else AddressKind.IPV6

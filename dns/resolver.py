@@ -86,7 +86,7 @@ from .wire import (
 )
 from .zone import DEFAULT_DOMAIN
 
-__all__ = ["COUNTERS", "Responder"]
+__all__ = ["COUNTERS", "Responder", "domain_labels", "encode_plan", "fit_variant", "nameserver_table"]
 
 _log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class Responder:
         if type(max_udp_payload) is not int or not MIN_UDP_PAYLOAD <= max_udp_payload <= MAX_MESSAGE:
             raise ValueError(f"max_udp_payload must be an integer from 512 to 65535, got {max_udp_payload!r}")
         self._zone = Zone(
-            _domain_labels(domain), ttl=ttl_s, negative_ttl=negative_ttl_s, nameservers=_nameservers(nameservers)
+            domain_labels(domain), ttl=ttl_s, negative_ttl=negative_ttl_s, nameservers=nameserver_table(nameservers)
         )
         self._max_udp = max_udp_payload
         self._rng = rng if rng is not None else random.Random()
@@ -340,7 +340,7 @@ class Responder:
         i = 0 if len(built) == 1 else int(self._random() * len(built))
         v = built[i]
         if v is None:
-            v = built[i] = _variant(entry.parts, vset.orders[i], vset.room)
+            v = built[i] = fit_variant(entry.parts, vset.orders[i], vset.room)
         counters = self.counters
         counters[entry.kind] += 1
         if v[4]:
@@ -479,7 +479,7 @@ class Responder:
         view = self._view                           # NB: one read; the serial comes from it too
         serial = view.applied_index & 0xFFFFFFFF
         plan = self._zone.plan(view, labels, qtype, serial)
-        parts = _encode(plan, labels, key[-4:], qlen)
+        parts = encode_plan(plan, labels, key[-4:], qlen)
         entry = _Entry()
         entry.gen = gen
         entry.kind = plan.kind
@@ -533,7 +533,7 @@ class Responder:
         return [tuple(p[s:] + p[:s]) for s in (j * n // k_max for j in range(k_max))]
 
 
-def _encode(plan: Plan, labels: tuple[bytes, ...], type_class: bytes, qlen: int) -> _Parts:
+def encode_plan(plan: Plan, labels: tuple[bytes, ...], type_class: bytes, qlen: int) -> _Parts:
     """Encode each record of ``plan`` with dnslib, compressed against the question only."""
     seed = DNSBuffer()
     seed.append(bytes(HEADER_LEN))
@@ -575,7 +575,7 @@ def _encode(plan: Plan, labels: tuple[bytes, ...], type_class: bytes, qlen: int)
     return _Parts(HEADER_LEN + qlen, answers, glue, authority, 1 if plan.soa is not None else 0, plan.shape, plan.rcode)
 
 
-def _variant(parts: _Parts, order: Sequence[int], room: int) -> Variant:
+def fit_variant(parts: _Parts, order: Sequence[int], room: int) -> Variant:
     """The reply pieces for the answers in ``order`` that fit ``room`` octets of body.
 
     The answers kept are a prefix of ``order``; each is kept with its target's address records
@@ -630,7 +630,7 @@ def _name_len(packed: bytes) -> int:
         i += 1 + length
 
 
-def _domain_labels(domain: str) -> tuple[bytes, ...]:
+def domain_labels(domain: str) -> tuple[bytes, ...]:
     if not isinstance(domain, str):
         raise ValueError(f"domain must be a string, got {type(domain).__name__}")
     text = domain.strip().rstrip(".").lower()
@@ -643,7 +643,7 @@ def _domain_labels(domain: str) -> tuple[bytes, ...]:
     return labels
 
 
-def _nameservers(nameservers: Sequence[tuple[str, str]]) -> list[tuple[str, tuple[str, ...]]]:
+def nameserver_table(nameservers: Sequence[tuple[str, str]]) -> list[tuple[str, tuple[str, ...]]]:
     """(lowercase node label, its addresses) in the order first given; validated."""
     by_name: dict[str, list[str]] = {}
     for name, address in nameservers:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 from collections.abc import Iterable
@@ -14,7 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from registry.catalogue import CatalogueView, Instance
+from registry.catalogue import CatalogueView, HealthStatus, Instance
 from registry_dns.resolver import Responder
 
 NAMESERVERS = (("n1", "192.0.2.1"), ("n2", "192.0.2.2"), ("n2", "2001:db8::2"), ("n3", "192.0.2.3"))
@@ -120,3 +121,24 @@ def header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns:
 
 def question(name: str = "web.service.registry.", rdtype: int = 1, rdclass: int = 1) -> bytes:
     return dns.name.from_text(name).to_wire() + struct.pack("!HH", rdtype, rdclass)
+
+
+def with_status(v: CatalogueView, service: str, ident: str, status: HealthStatus, since_ms: int = 0,
+                applied_index: int | None = None) -> CatalogueView:
+    """The view after a health transition of one instance, made as the catalogue makes it: a new
+    instance tuple for that service only (every other service's tuple is shared with ``v``)."""
+    instances = tuple(dataclasses.replace(i, status=status, since_ms=since_ms) if i.id == ident else i
+                      for i in v.instances(service))
+    assert any(i.id == ident for i in instances), f"no instance {ident!r} of {service!r}"
+    index = v.applied_index + 1 if applied_index is None else applied_index
+    return CatalogueView(applied_index=index, version=index, services=v.services.with_instances(service, instances))
+
+
+def health_view(instances: Iterable[Instance], applied_index: int = 7) -> CatalogueView:
+    """A view of ``instances`` (validated) in which each keeps its own status and since_ms."""
+    given = list(instances)
+    v = view(given, applied_index=applied_index)
+    for i in given:
+        if i.status is not HealthStatus.PASSING:
+            v = with_status(v, i.service.lower(), i.id, i.status, i.since_ms, applied_index=applied_index)
+    return v
