@@ -33,7 +33,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 
-from .model import Instance
+from .model import Check, CheckKind, Instance
 
 LABEL_MAX_OCTETS = 63
 HOSTNAME_MAX_OCTETS = 253
@@ -48,6 +48,14 @@ SEQ_MAX = 2**63 - 1
 #: The largest catalogue snapshot a restore carries: one Raft entry holds it, and an
 #: AppendEntries with that one entry must stay under the transport's 64 MiB frame limit.
 RESTORE_MAX_BYTES = 48 * 1024**2
+# Health checks (docs/client-protocol.md, "register"): times in milliseconds.
+TTL_MS = (1_000, 24 * 3_600_000)
+INTERVAL_MS = (1_000, 24 * 3_600_000)
+TIMEOUT_MIN_MS = 100
+THRESHOLD = (1, 100)
+DEREGISTER_AFTER_MS = (60_000, 30 * 24 * 3_600_000)
+CHECK_URL_MAX = 512
+CHECK_KEYS = ("kind", "ttl_ms", "url", "interval_ms", "timeout_ms", "failures", "successes", "deregister_after_ms")
 
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -366,3 +374,87 @@ def validate_instance(instance: Instance) -> Instance:
         tags=validate_tags(instance.tags),
         meta=validate_meta(instance.meta),
     )
+
+
+def _check_int(check: Mapping[object, object], key: str, default: int) -> int:
+    value = check.get(key, default)
+    if type(value) is not int:
+        raise ValidationError("check", f"check {key} must be an integer, got {_type_name(value)} {brief_repr(value)}")
+    return value
+
+
+def _in_range(value: int, key: str, low: int, high: int, unit: str = "ms") -> None:
+    if not low <= value <= high:
+        raise ValidationError("check", f"invalid check {key} {value}: use {low} to {high} {unit}")
+
+
+def _check_url(value: object) -> str:
+    url = _require_str(value, "check", "check url", "http://HOST:PORT/path")
+    if len(url) > CHECK_URL_MAX:
+        raise ValidationError("check", f"check url is {len(url)} characters long; at most {CHECK_URL_MAX} are accepted")
+    _require_utf8(url, "check", "check url")
+    rule = "use http://HOST:PORT/path, e.g. http://10.0.0.5:8080/health (https is not supported)"
+    if not url.startswith("http://"):
+        raise ValidationError("check", f"invalid check url {brief_repr(url)}: not http://; {rule}")
+    hostport, _, _ = url[len("http://"):].partition("/")
+    host, sep, port = hostport.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not PORT_MIN <= int(port) <= PORT_MAX:
+        raise ValidationError("check", f"invalid check url {brief_repr(url)}: needs a host and a port "
+                              f"({PORT_MIN}-{PORT_MAX}); {rule}")
+    try:
+        validate_address(host)
+    except ValidationError as e:
+        raise ValidationError("check", f"invalid check url {brief_repr(url)}: {e}") from None
+    return url
+
+
+def validate_check(value: object) -> Check:
+    """A health check from its wire map (``kind``, ``ttl_ms``, ``url``, ``interval_ms``,
+    ``timeout_ms``, ``failures``, ``successes``, ``deregister_after_ms``; absent keys take the
+    ``Check`` defaults), with every field in range for its kind and the others 0 or "".
+
+    NB: written by the client engineer against HEALTH_SPEC.md's rules; the catalogue's own
+    version supersedes it if they differ.
+    """
+    if not isinstance(value, Mapping):
+        raise ValidationError("check", f"check must be a map (kind, ttl_ms, url, ...), got {_type_name(value)}")
+    unknown = sorted(str(k) for k in value if k not in CHECK_KEYS)
+    if unknown:
+        raise ValidationError("check", f"unknown check keys {', '.join(unknown)}; accepted: {', '.join(CHECK_KEYS)}")
+    kinds = ", ".join(k.value for k in CheckKind)
+    try:
+        kind = CheckKind(value.get("kind"))
+    except ValueError:
+        raise ValidationError("check", f"invalid check kind {brief_repr(value.get('kind'))}; use one of {kinds}") from None
+    deregister_after = _check_int(value, "deregister_after_ms", 0)
+    if deregister_after != 0:
+        _in_range(deregister_after, "deregister_after_ms", *DEREGISTER_AFTER_MS, "ms, or 0 for never")
+    given = {k for k, v in value.items() if v not in (0, "", None)}
+    if kind is CheckKind.TTL:
+        extra = sorted(given & {"url", "interval_ms", "timeout_ms"})
+        if extra:
+            raise ValidationError("check", f"a ttl check has no {', '.join(extra)} (those are for tcp and http checks)")
+        ttl = _check_int(value, "ttl_ms", 0)
+        _in_range(ttl, "ttl_ms", *TTL_MS)
+        return Check(kind, ttl_ms=ttl, deregister_after_ms=deregister_after)
+    if "ttl_ms" in given:
+        raise ValidationError("check", f"a {kind.value} check has no ttl_ms (that is for ttl checks)")
+    url = ""
+    if kind is CheckKind.HTTP:
+        url = _check_url(value.get("url"))
+    elif "url" in given:
+        raise ValidationError("check", "a tcp check has no url (it connects to the instance's address and port)")
+    interval = _check_int(value, "interval_ms", 0)
+    _in_range(interval, "interval_ms", *INTERVAL_MS)
+    timeout = _check_int(value, "timeout_ms", 0)
+    if not TIMEOUT_MIN_MS <= timeout <= interval:
+        raise ValidationError("check", f"invalid check timeout_ms {timeout}: use {TIMEOUT_MIN_MS} ms up to the "
+                              f"interval ({interval} ms)")
+    failures = _check_int(value, "failures", 3)
+    _in_range(failures, "failures", *THRESHOLD, "consecutive probes")
+    successes = _check_int(value, "successes", 2)
+    _in_range(successes, "successes", *THRESHOLD, "consecutive probes")
+    return Check(kind, url=url, interval_ms=interval, timeout_ms=timeout, failures=failures,
+                 successes=successes, deregister_after_ms=deregister_after)
