@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 import registry
-from registry.cli import cluster_cmds, config_cmds, snapshot_cmds
+from registry.cli import cluster_cmds, config_cmds, health_cmds, snapshot_cmds
+from registry.cli.durations import duration_option
 from registry.cli.options import JsonOption, ServersOption, TimeoutOption, open_client
 from registry.cli.output import echo_json, echo_table, fail, reason, registered_changes, registered_line
 from registry.naming import INSTANCE_EXAMPLES, AddressError, parse_hostport
@@ -60,6 +61,8 @@ app.command()(cluster_cmds.agent)
 app.command()(cluster_cmds.up)
 app.add_typer(config_cmds.config_app, name="config")
 app.add_typer(snapshot_cmds.snapshot_app, name="snapshot")
+app.command(name="pass")(health_cmds.pass_)
+app.command()(health_cmds.explain)
 
 
 @app.command()
@@ -303,6 +306,52 @@ def register(
         typer.Option("--meta", metavar="KEY=VALUE", callback=_parse_meta,
                      help="Metadata; repeatable, at most 64 keys."),
     ] = None,
+    ttl_ms: Annotated[
+        str | None,
+        typer.Option("--ttl", metavar="DURATION", callback=duration_option, show_default=False,
+                     help="A TTL check: the instance turns critical unless renewed within this "
+                     "(registry pass, --keepalive); 1s to 24h."),
+    ] = None,
+    deregister_after_ms: Annotated[
+        str | None,
+        typer.Option("--deregister-after", metavar="DURATION", callback=duration_option, show_default=False,
+                     help="Remove the instance once it has been critical this long; 1m to 30 days."),
+    ] = None,
+    check: Annotated[
+        str | None,
+        typer.Option("--check", metavar="tcp|http://HOST:PORT/path", show_default=False,
+                     help="An active check run by the cluster: tcp connects to HOST:PORT, http GETs the URL "
+                     "(2xx is healthy)."),
+    ] = None,
+    interval_ms: Annotated[
+        str | None,
+        typer.Option("--interval", metavar="DURATION", callback=duration_option, show_default=False,
+                     help="With --check: time between probes; 1s to 24h. Default 1s."),
+    ] = None,
+    check_timeout_ms: Annotated[
+        str | None,
+        typer.Option("--check-timeout", metavar="DURATION", callback=duration_option, show_default=False,
+                     help="With --check: one probe's limit; 100ms to the interval. Default 1s. (--timeout is how long this command waits for the cluster.)"),
+    ] = None,
+    failures: Annotated[
+        int | None,
+        typer.Option("--failures", metavar="N", show_default=False,
+                     help="With --check: critical after N consecutive failed probes; 1-100. Default 3."),
+    ] = None,
+    successes: Annotated[
+        int | None,
+        typer.Option("--successes", metavar="N", show_default=False,
+                     help="With --check: passing again after N consecutive good probes; 1-100. Default 2."),
+    ] = None,
+    keepalive: Annotated[
+        bool,
+        typer.Option("--keepalive", help="With --ttl: stay in the foreground renewing every TTL/3 until "
+                     "SIGTERM or Ctrl-C (exit 0), for a service's own unit file."),
+    ] = False,
+    deregister_on_exit: Annotated[
+        bool,
+        typer.Option("--deregister-on-exit", help="With --keepalive: deregister the instance when stopped."),
+    ] = False,
     servers: ServersOption = None,
     timeout_s: TimeoutOption = 5.0,
     as_json: JsonOption = False,
@@ -313,26 +362,43 @@ def register(
 
     Prints the instance id, the commit index and, for a replaced instance, what changed (e.g. "tags primary -> (none)").
 
-    Exit status: 0 committed, 1 the cluster could not do it, 2 bad arguments.
+    Health: --ttl 10s makes the instance critical (out of DNS) unless renewed within 10 s; --check tcp or --check http://HOST:PORT/path has the cluster probe it every --interval, critical after --failures failed probes, passing after --successes good ones. --deregister-after removes an instance that stays critical that long. Durations are a whole number with a unit: 500ms, 10s, 5m, 1h.
+
+    --keepalive registers, then renews every TTL/3 in the foreground, printing one line per state change; it rides out leader changes and unreachable nodes. SIGTERM or Ctrl-C stops it (exit 0; --deregister-on-exit deregisters first). If the instance is deregistered by someone else it exits 1 and never registers it again.
+
+    Exit status: 0 committed (or a keepalive stopped), 1 the cluster could not do it (or a keepalive's instance is gone), 2 bad arguments.
 
     After exit 1 the outcome may be unknown: running the same command again is safe.
     """
     from registry.client import RegistryError
 
+    check_map = health_cmds.check_from_options(
+        ttl_ms=ttl_ms, check=check, interval_ms=interval_ms, check_timeout_ms=check_timeout_ms,  # type: ignore[arg-type]
+        failures=failures, successes=successes, deregister_after_ms=deregister_after_ms,  # type: ignore[arg-type]
+        keepalive=keepalive, deregister_on_exit=deregister_on_exit)
     host, port = parse_hostport(hostport)
     meta_map = dict(item.partition("=")[::2] for item in meta or ())
-    with open_client(servers, timeout_s) as client:
+    with open_client(servers, timeout_s) as client, health_cmds.held_stop_signals() as wait:
         try:
-            got = client.register(service, host, port, id=instance_id, tags=tags or (), meta=meta_map)
+            got = client.register(service, host, port, id=instance_id, tags=tags or (), meta=meta_map,
+                                  check=check_map)
         except RegistryError as e:
             fail(e)
-    service = service.lower()  # NB: names are case-insensitive; the catalogue keeps lowercase
-    if as_json:
-        previous = None if got.previous is None else dataclasses.asdict(got.previous)
-        echo_json({"service": service, "instance_id": got.instance_id, "created": got.created, "index": got.index,
-                   "previous": previous, "changes": registered_changes(got)})
-    else:
-        typer.echo(registered_line(service, got))
+        service = service.lower()  # NB: names are case-insensitive; the catalogue keeps lowercase
+        if as_json and keepalive:
+            typer.echo(json.dumps({"event": "registered", "service": service, "instance_id": got.instance_id,
+                                   "created": got.created, "index": got.index}, sort_keys=True))
+        elif as_json:
+            previous = None if got.previous is None else dataclasses.asdict(got.previous)
+            echo_json({"service": service, "instance_id": got.instance_id, "created": got.created,
+                       "index": got.index, "previous": previous, "changes": registered_changes(got)})
+        else:
+            typer.echo(registered_line(service, got))
+        if keepalive:
+            assert ttl_ms is not None
+            raise typer.Exit(health_cmds.keep_alive(client, service, got.instance_id, ttl_ms,  # type: ignore[arg-type]
+                                                    wait=wait, deregister_on_exit=deregister_on_exit,
+                                                    as_json=as_json))
 
 
 class _DeregisterBy(str, enum.Enum):
@@ -394,7 +460,9 @@ def services(
     timeout_s: TimeoutOption = 5.0,
     as_json: JsonOption = False,
 ) -> None:
-    """List services and their instances: a table, or --json.
+    """List services and their instances, with each one's health: a table, or --json.
+
+    STATUS is passing or critical (critical instances are left out of DNS); SINCE is when it last changed (or was registered); CHECK is how its health is decided (ttl 10s, tcp every 1s, http every 1s, - for none). --json carries every field (since_ms: milliseconds since the epoch).
 
     Exit status: 0 listed, 1 the cluster could not answer, 2 bad arguments.
     """
@@ -414,16 +482,11 @@ def services(
             },
         })  # fmt: skip
         return
-    rows = [
-        (name, i.id, i.address, str(i.port), ",".join(i.tags),
-         ",".join(f"{k}={v}" for k, v in sorted(i.meta.items())))
-        for name, instances in sorted(got.items())
-        for i in sorted(instances, key=lambda i: i.id)
-    ]  # fmt: skip
+    rows = health_cmds.services_rows(got, int(time.time() * 1000))
     if not rows:
         typer.echo(f"no instances of {service}" if service else "no services registered")
         return
-    echo_table(("SERVICE", "ID", "ADDRESS", "PORT", "TAGS", "META"), rows)
+    echo_table(health_cmds.SERVICES_HEADER, rows)
 
 
 def _dns_state(status: NodeStatus) -> str:

@@ -24,6 +24,8 @@ PARAM_HINTS = {
     "instance_id": "'--id'",
     "tags": "'--tag'",
     "meta": "'--meta'",
+    "check": "'--ttl' / '--check' / '--deregister-after'",
+    "ttl_ms": "'--ttl'",
     "servers": "REGISTRY_SERVERS",
 }
 

@@ -28,8 +28,11 @@ from .arguments import looks_like_hostport
 from .errors import NotFound, RegistryError, Unavailable, ValidationFailed
 from .protocol import PROTOCOL_VERSION
 from .results import (
+    CheckInfo,
     Deregistration,
+    Heartbeat,
     InstanceInfo,
+    KeepaliveState,
     NodeStatus,
     PeerStatus,
     Registration,
@@ -47,9 +50,12 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ROUND_BACKOFF_S",
     "SERVERS_ENV",
+    "CheckInfo",
     "Client",
     "Deregistration",
+    "Heartbeat",
     "InstanceInfo",
+    "KeepaliveState",
     "NodeStatus",
     "NotFound",
     "PeerStatus",

@@ -46,3 +46,26 @@ def looks_like_hostport(text: str) -> bool:
     anything else is an instance id. Instance ids never contain ``:`` (the catalogue reserves it),
     so the rule is never ambiguous. ``by="id"``/``"address"`` forces either reading."""
     return ":" in text
+
+
+_CHECK_FIELDS = ("kind", "ttl_ms", "url", "interval_ms", "timeout_ms", "failures", "successes",
+                 "deregister_after_ms")
+
+
+def check_check(check: Any) -> dict[str, Any] | None:
+    """The wire map of a register's ``check`` (docs/client-protocol.md), checked with the
+    catalogue's rules: None for no check; a map with the protocol's keys (absent ones take their
+    defaults); or any object with those attributes (``registry.catalogue.model.Check``,
+    ``CheckInfo``), whose ``kind`` may be an enum of the kind names."""
+    if check is None:
+        return None
+    if isinstance(check, Mapping):
+        fields = dict(check)
+    elif all(hasattr(check, name) for name in _CHECK_FIELDS):
+        fields = {name: getattr(check, name) for name in _CHECK_FIELDS}
+    else:
+        raise ValidationFailed(f"check must be a map or a Check, got {type(check).__name__}", field="check")
+    kind = fields.get("kind")
+    fields["kind"] = getattr(kind, "value", kind)  # NB: CheckKind.TTL -> "ttl"
+    canonical = checked(validation.validate_check, fields)
+    return {name: getattr(canonical, name) if name != "kind" else canonical.kind.value for name in _CHECK_FIELDS}

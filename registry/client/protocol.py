@@ -10,7 +10,9 @@ import msgpack
 
 from .errors import Unavailable, error_for
 from .results import (
+    CheckInfo,
     Deregistration,
+    Heartbeat,
     InstanceInfo,
     NodeStatus,
     PeerStatus,
@@ -123,7 +125,35 @@ def parse_instance(item: Any) -> InstanceInfo:
         port=_int(i["port"], "port"),
         tags=tuple(_str(t, "tag") for t in _list(i["tags"], "tags")),
         meta=meta,
+        # NB: the health fields are newer than version 1's first nodes: absent means the default.
+        status=_str(i.get("status", "passing"), "status"),
+        since_ms=_int(i.get("since_ms", 0), "since_ms"),
+        check=parse_check(i.get("check")),
+        revision=_int(i.get("revision", 0), "revision"),
+        output=_str(i.get("output") or "", "output"),
     )
+
+
+def parse_check(item: Any) -> CheckInfo | None:
+    if item is None:
+        return None
+    c = _map(item, "check")
+    return CheckInfo(
+        kind=_str(c["kind"], "check kind"),
+        ttl_ms=_int(c.get("ttl_ms", 0), "check ttl_ms"),
+        url=_str(c.get("url") or "", "check url"),
+        interval_ms=_int(c.get("interval_ms", 0), "check interval_ms"),
+        timeout_ms=_int(c.get("timeout_ms", 0), "check timeout_ms"),
+        failures=_int(c.get("failures", 3), "check failures"),
+        successes=_int(c.get("successes", 2), "check successes"),
+        deregister_after_ms=_int(c.get("deregister_after_ms", 0), "check deregister_after_ms"),
+    )
+
+
+def parse_heartbeat(result: Any, server: str) -> Heartbeat:
+    r = _map(result, "result")
+    return Heartbeat(_str(r["service"], "service"), _str(r["instance_id"], "instance_id"),
+                     _str(r["status"], "status"), _int(r["index"], "index"))
 
 
 def parse_services(result: Any, server: str) -> Services:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import RegistryError
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,15 +37,60 @@ class Deregistration:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckInfo:
+    """An instance's health check, as a server reported it (docs/client-protocol.md, "register").
+    Times are milliseconds; fields that do not apply to ``kind`` are 0 or "". ``kind`` is a
+    string ("ttl", "tcp", "http"), not an enum, so that a kind added by a newer node still reads."""
+
+    kind: str
+    ttl_ms: int = 0
+    url: str = ""
+    interval_ms: int = 0
+    timeout_ms: int = 0
+    failures: int = 3
+    successes: int = 2
+    deregister_after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceInfo:
     """One instance of a service, as a server reported it. NB: ``meta`` is a dict, so an
-    ``InstanceInfo`` compares by value but is not hashable."""
+    ``InstanceInfo`` compares by value but is not hashable.
+
+    The health fields are absent from older nodes' replies and then keep their defaults (an
+    instance without a check is always passing): ``status`` "passing" or "critical" (a string, so
+    that a status added by a newer node still reads); ``since_ms`` the wall-clock time (ms since
+    the epoch) of its registration or last transition, 0 if unknown; ``check`` None for none;
+    ``revision`` the log index of the register that created or last replaced it; ``output`` why
+    the last transition happened (e.g. "connection refused"), "" if nothing was said."""
 
     id: str
     address: str
     port: int
     tags: tuple[str, ...]
     meta: Mapping[str, str]
+    status: str = "passing"
+    since_ms: int = 0
+    check: CheckInfo | None = None
+    revision: int = 0
+    output: str = ""
+
+    @property
+    def serving(self) -> bool:
+        """True if DNS answers with this instance: it is not critical."""
+        return self.status == "passing"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """An accepted ``pass``: the instance (``service``, ``instance_id``) exists and its TTL clock
+    restarted; ``status`` is its status as of ``index`` (still "critical" until the leader
+    commits the transition back to passing)."""
+
+    service: str
+    instance_id: str
+    status: str
+    index: int
 
 
 class Services(dict[str, list[InstanceInfo]]):
@@ -54,6 +102,17 @@ class Services(dict[str, list[InstanceInfo]]):
 
     def __repr__(self) -> str:
         return f"Services({dict.__repr__(self)}, index={self.index})"
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveState:
+    """What a keepalive reports when its instance's state changes: ``state`` is the status the
+    last heartbeat's answer gave ("passing", "critical"; ``index`` the node's applied index
+    then), or "unreachable" when it failed (``error`` says why)."""
+
+    state: str
+    index: int | None = None
+    error: RegistryError | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import zmq
@@ -19,8 +19,8 @@ from zmq.utils.monitor import recv_monitor_message
 from registry.catalogue import validation
 from registry.naming import INSTANCE_EXAMPLES, AddressError, parse_hostport, zmq_endpoint
 
-from .arguments import check_meta, check_tags, checked, looks_like_hostport
-from .errors import RegistryError, Unavailable, ValidationFailed
+from .arguments import check_check, check_meta, check_tags, checked, looks_like_hostport
+from .errors import NotFound, RegistryError, Unavailable, ValidationFailed
 from .protocol import (
     MAX_REQUEST_ID,
     Parser,
@@ -28,18 +28,30 @@ from .protocol import (
     decode_reply,
     encode_request,
     outcome,
+    parse_check,
     parse_deregistration,
+    parse_heartbeat,
     parse_registration,
     parse_restoration,
     parse_saved_snapshot,
     parse_services,
     parse_status,
 )
-from .results import Deregistration, InstanceInfo, NodeStatus, Registration, Restoration, SavedSnapshot, Services
+from .results import (
+    Deregistration,
+    Heartbeat,
+    InstanceInfo,
+    KeepaliveState,
+    NodeStatus,
+    Registration,
+    Restoration,
+    SavedSnapshot,
+    Services,
+)
 from .retry import ATTEMPT_TIMEOUT_S, Ask, Failure, GiveUp, RetryPolicy
 from .servers import resolve_servers, resolves
 
-_DOING = {"register": "register", "deregister": "deregister", "services": "list services",
+_DOING = {"register": "register", "deregister": "deregister", "pass": "renew a TTL", "services": "list services",
           "status": "get a status", "snapshot_save": "save a snapshot",
           "snapshot_restore": "restore a snapshot"}
 
@@ -122,12 +134,20 @@ class Client:
         id: str | None = None,  # noqa: A002 (the issue fixes this keyword's name)
         tags: Iterable[str] = (),
         meta: Mapping[str, str] | None = None,
+        check: Any = None,
     ) -> Registration:
         """Register an instance of ``service``, or replace the definition of the instance with
         this id: a registration is the whole definition, so tags and meta not given here are
         removed (as Consul's agent register, or etcd's put). Returns once it is committed and
         applied; ``Registration.previous`` says what it replaced. ``id`` None lets the cluster
-        derive the id from service, address and port."""
+        derive the id from service, address and port.
+
+        ``check`` decides the instance's health (docs/client-protocol.md, "register"): None for
+        none (always passing), a ``registry.catalogue.model.Check``, or its wire map, e.g.
+        ``{"kind": "ttl", "ttl_ms": 10_000}`` (renew with ``heartbeat`` or ``keepalive``),
+        ``{"kind": "tcp", "interval_ms": 1000, "timeout_ms": 1000}`` or
+        ``{"kind": "http", "url": "http://10.0.0.5:8080/health", "interval_ms": 1000,
+        "timeout_ms": 1000}``; checked with the catalogue's rules before sending."""
         checked(validation.validate_service, service)
         canonical_address = checked(validation.validate_address, address)
         checked(validation.validate_port, port)
@@ -141,9 +161,13 @@ class Client:
             "tags": check_tags(tags),
             "meta": check_meta(meta),
         }
+        wire_check = check_check(check)
+        if wire_check is not None:
+            # NB: only when given, so that a register without a check is the same request as before.
+            args["check"] = wire_check
         got = self._call("register", args, parse_registration, write=True)
         instance = InstanceInfo(got.instance_id, canonical_address, port, validation.validate_tags(args["tags"]),
-                                dict(validation.validate_meta(args["meta"])))
+                                dict(validation.validate_meta(args["meta"])), check=parse_check(wire_check))
         return dataclasses.replace(got, instance=instance)
 
     def deregister(
@@ -174,6 +198,64 @@ class Client:
             checked(validation.validate_instance_id, id_or_address)
             args["instance_id"] = id_or_address
         return self._call("deregister", args, parse_deregistration, write=True)
+
+    def heartbeat(self, instance_id: str, service: str | None = None, *,
+                  timeout_s: float | None = None) -> Heartbeat:
+        """Renew a TTL-checked instance (the protocol's ``pass``): its TTL clock restarts on the
+        leader; nothing is written to the log unless it was critical and so turns passing.
+        ``service`` may be left out when the id is unique across services. Raises ``NotFound``
+        if the instance is gone (deregistered, or expired after its deregister-after): the
+        caller must NOT register it again on its own, since someone removed it on purpose.
+        ``timeout_s`` overrides the client's for this call. ``pass_`` is the same method, named
+        after the op."""
+        checked(validation.validate_instance_id, instance_id)
+        args: dict[str, Any] = {"instance_id": instance_id}
+        if service is not None:
+            args["service"] = checked(validation.validate_service, service)
+        return self._call("pass", args, parse_heartbeat, timeout_s=timeout_s)
+
+    pass_ = heartbeat
+
+    def keepalive(
+        self,
+        instance_id: str,
+        ttl_ms: int,
+        *,
+        service: str | None = None,
+        wait: Callable[[float], bool] | None = None,
+    ) -> Iterator[KeepaliveState]:
+        """Renew the instance every ``ttl_ms / 3`` until ``wait`` says stop, yielding its state
+        each time it changes (not at every heartbeat): ``KeepaliveState`` "passing" or
+        "critical" after an answer, "unreachable" (with the error) when a heartbeat failed.
+
+        A heartbeat that fails (no leader, nodes unreachable) is retried at the next period, so
+        the keepalive rides out a leader change; each gets at most the period (and at most the
+        client's ``timeout_s``), so that one stuck call never lets the TTL run out unseen.
+        ``wait(seconds)`` is called between heartbeats: it sleeps up to that long and returns
+        True to end the keepalive (``threading.Event().wait`` does just that); by default it only
+        sleeps. Raises ``NotFound`` when the instance is gone: it never registers it again.
+        ``ValidationFailed`` (e.g. an id in several services without ``service``) also ends it.
+        """
+        checked(validation.validate_instance_id, instance_id)
+        if type(ttl_ms) is not int or ttl_ms <= 0:
+            raise ValidationFailed(f"ttl_ms must be a positive integer, got {ttl_ms!r}", field="ttl_ms")
+        period_s = ttl_ms / 3000
+        wait = wait or _sleep
+        state: KeepaliveState | None = None
+        while True:
+            started = time.monotonic()
+            try:
+                beat = self.heartbeat(instance_id, service, timeout_s=min(self.timeout_s, period_s))
+                now = KeepaliveState(beat.status, index=beat.index)
+            except (NotFound, ValidationFailed):
+                raise
+            except RegistryError as e:  # unavailable now; a later heartbeat may get through
+                now = KeepaliveState("unreachable", error=e)
+            if state is None or now.state != state.state:
+                state = now
+                yield now
+            if wait(max(0.0, started + period_s - time.monotonic())):
+                return
 
     def services(self, service: str | None = None, *, stale: bool = False) -> Services:
         """Every service's instances, or one service's (an unknown one maps to ``[]``).
@@ -275,6 +357,7 @@ class Client:
         *,
         write: bool = False,
         attempt_timeout_s: float | None = None,
+        timeout_s: float | None = None,
     ) -> T:
         """Send ``op`` to one server after another, as the retry policy says, until one answers.
 
@@ -286,9 +369,14 @@ class Client:
                 self._seq += 1
                 # NB: one seq for every attempt of this call: that is what makes retries safe.
                 args = {"client": self.client_id, "seq": self._seq, **args}
+            if attempt_timeout_s is None:
+                attempt_timeout_s = self.attempt_timeout_s
+                if timeout_s is not None:  # NB: shorter than the client's: every server still gets a turn
+                    attempt_timeout_s = min(attempt_timeout_s, timeout_s / len(self.servers))
+            timeout_s = self.timeout_s if timeout_s is None else timeout_s
             policy = RetryPolicy(
-                self.servers, now=time.monotonic(), timeout_s=self.timeout_s,
-                attempt_timeout_s=self.attempt_timeout_s if attempt_timeout_s is None else attempt_timeout_s,
+                self.servers, now=time.monotonic(), timeout_s=timeout_s,
+                attempt_timeout_s=min(attempt_timeout_s, timeout_s),
                 first=self._preferred, doing=_DOING[op])
             outstanding: dict[int, int] = {}  # request id -> server index, unanswered
             try:
@@ -441,3 +529,8 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Client is closed")
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False

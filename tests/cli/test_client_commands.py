@@ -22,6 +22,8 @@ from registry.cli.main import app
 from ..client.fake_server import STATUS, FakeServer, answering, error, ok, silent, unused_address
 
 runner = CliRunner()
+# What --json shows for an instance that a node of the previous version described.
+OLDER_NODE_HEALTH = {"status": "passing", "since_ms": 0, "check": None, "revision": 0, "output": ""}
 FAST = ["--timeout", "0.5"]
 
 
@@ -125,7 +127,8 @@ def test_re_registering_json_and_an_older_node(fake) -> None:
     result = run("register", "web", "10.0.0.6:8080", "--json", servers=[fake(replacing(OLD_WEB_1))])
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)
-    assert got["previous"] == OLD_WEB_1
+    # The health fields a node of the previous version leaves out read as their defaults.
+    assert got["previous"] == {**OLD_WEB_1, **OLDER_NODE_HEALTH}
     assert got["changes"] == ["address 10.0.0.5 port 8080 -> 10.0.0.6 port 8080", "tags primary -> (none)",
                               "meta version=1.2 -> (none)"]
     result = run("register", "web", "10.0.0.5:8080", servers=[fake(replacing(None))])
@@ -296,12 +299,13 @@ def test_deregister_of_nothing_exits_1(fake) -> None:
 
 
 def test_services_prints_a_table(fake) -> None:
-    """One row per instance: service, id, address, port, tags, meta."""
+    """One row per instance: service, id, address, port, status, since, check, tags, meta; an
+    older node's instance (no health fields) is passing, since unknown, no check."""
     result = run("services", servers=[fake()])
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
-    assert header.split() == ["SERVICE", "ID", "ADDRESS", "PORT", "TAGS", "META"]
-    assert row.split() == ["web", "web-1", "10.0.0.5", "8080", "blue", "zone=a"]
+    assert header.split() == ["SERVICE", "ID", "ADDRESS", "PORT", "STATUS", "SINCE", "CHECK", "TAGS", "META"]
+    assert row.split() == ["web", "web-1", "10.0.0.5", "8080", "passing", "-", "-", "blue", "zone=a"]
 
 
 def test_services_json_parses_and_stale_is_sent(fake) -> None:
@@ -312,7 +316,7 @@ def test_services_json_parses_and_stale_is_sent(fake) -> None:
     assert json.loads(result.stdout) == {
         "index": 44,
         "services": {"web": [{"id": "web-1", "address": "10.0.0.5", "port": 8080,
-                              "tags": ["blue"], "meta": {"zone": "a"}}]},
+                              "tags": ["blue"], "meta": {"zone": "a"}, **OLDER_NODE_HEALTH}]},
     }  # fmt: skip
     assert server.received()[0]["args"] == {"service": "web", "stale": True}
 

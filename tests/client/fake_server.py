@@ -131,3 +131,74 @@ def unused_address() -> str:
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     sock.close(linger=0)
     return f"127.0.0.1:{port}"
+
+
+class CatalogueNode:
+    """A handler with a catalogue of its own, as a node of this version keeps one: register adds
+    or replaces an instance (with its ``check``), ``pass`` answers for an instance that exists
+    and ``not_found`` otherwise, deregister removes, services lists with the health fields.
+    Health is what the test sets (``set_status``): no clock runs here. ``beats`` holds the
+    monotonic time of every ``pass`` that found its instance."""
+
+    def __init__(self, now_ms: int = 1_700_000_000_000) -> None:
+        self.instances: dict[tuple[str, str], dict[str, Any]] = {}
+        self.index = 10
+        self.now_ms = now_ms
+        self.beats: list[float] = []
+        self._lock = threading.Lock()
+
+    def set_status(self, service: str, instance_id: str, status: str, output: str = "") -> None:
+        with self._lock:
+            self.index += 1
+            self.instances[service, instance_id].update(status=status, since_ms=self.now_ms, output=output)
+
+    def remove(self, service: str, instance_id: str) -> None:
+        """A forced deregistration, by someone else."""
+        with self._lock:
+            self.index += 1
+            del self.instances[service, instance_id]
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        op, args = request["op"], request["args"]
+        with self._lock:
+            if op == "register":
+                service = args["service"].lower()
+                iid = args["instance_id"] or f"{service}-{args['address']}-{args['port']}"
+                self.index += 1
+                created = (service, iid) not in self.instances
+                self.instances[service, iid] = {
+                    "id": iid, "address": args["address"], "port": args["port"], "tags": args["tags"],
+                    "meta": args["meta"], "status": "passing", "since_ms": self.now_ms,
+                    "check": args.get("check"), "revision": self.index,
+                }  # fmt: skip
+                return ok({"instance_id": iid, "created": created, "index": self.index})
+            if op == "pass":
+                found = [key for key in self.instances
+                         if key[1] == args["instance_id"] and args.get("service") in (None, key[0])]
+                if not found:
+                    return error("not_found", f"no instance {args['instance_id']!r}: deregistered or expired")
+                if len(found) > 1:
+                    return error("invalid", f"instance id {args['instance_id']!r} is in services "
+                                 f"{', '.join(sorted(s for s, _ in found))}: give the service")
+                self.beats.append(time.monotonic())
+                [(service, iid)] = found
+                return ok({"service": service, "instance_id": iid, "status": self.instances[service, iid]["status"],
+                           "index": self.index})
+            if op == "deregister":
+                key = (args["service"], args.get("instance_id"))
+                if key not in self.instances:
+                    return error("not_found", "no such instance")
+                self.index += 1
+                del self.instances[key]
+                return ok({"removed": [key[1]], "index": self.index})
+            if op == "services":
+                services: dict[str, list[dict[str, Any]]] = {}
+                for (service, _), instance in sorted(self.instances.items()):
+                    services.setdefault(service, []).append(
+                        {k: v for k, v in instance.items() if k != "output" or v})
+                if args["service"] is not None:
+                    services = {args["service"]: services.get(args["service"], [])}
+                return ok({"index": self.index, "services": services})
+            if op == "status":
+                return ok(STATUS)
+            return error("bad_request", f"unknown op {op!r}")
