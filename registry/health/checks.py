@@ -28,45 +28,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from registry.catalogue.health import Threshold
 from registry.catalogue.model import CheckKind, HealthStatus
 
 from .probes import Outcome, TcpProbe, literal_address, probe
 from .spec import ProbeReport, ProbeSpec
 
-__all__ = ["CheckSet", "Threshold"]
+__all__ = ["CheckSet"]
 
 log = logging.getLogger("registry.health")
-
-
-# TODO(lead): use catalogue.health.Threshold (same interface) once it lands; this is a stand-in.
-class Threshold:
-    """Turns consecutive probe results into status changes.
-
-    From PASSING, ``failures`` consecutive failures give CRITICAL; from CRITICAL, ``successes``
-    consecutive successes give PASSING. A result that agrees with the status resets the run.
-    """
-
-    __slots__ = ("failures", "successes", "status", "_run")
-
-    def __init__(self, failures: int, successes: int, status: HealthStatus) -> None:
-        if failures < 1 or successes < 1:
-            raise ValueError(f"failures and successes must be at least 1, got {failures} and {successes}")
-        self.failures, self.successes, self.status = failures, successes, status
-        # Invariant: 0 <= _run < (failures if status is PASSING else successes)
-        self._run = 0
-
-    def observe(self, ok: bool) -> HealthStatus | None:
-        """Count one result; the new status if it makes the run long enough, else None."""
-        passing = self.status is HealthStatus.PASSING
-        if ok == passing:
-            self._run = 0
-            return None
-        self._run += 1
-        if self._run < (self.failures if passing else self.successes):
-            return None
-        self._run = 0
-        self.status = HealthStatus.CRITICAL if passing else HealthStatus.PASSING
-        return self.status
 
 
 class _Check:

@@ -18,12 +18,14 @@ import msgpack
 
 from registry.catalogue import (
     ALL_TOUCHED,
+    HEALTH_CLIENT_ID,
     Applied,
     Deregister,
     Instance,
     Request,
     SetHealth,
     encode_request,
+    health_seq,
 )
 from registry.catalogue.tracker import HealthTracker, Transition
 from registry.health import ProbeReport, Prober, probe_spec
@@ -33,7 +35,6 @@ from registry.transport import ForwardOp
 from .replica import Replica
 from .requests import Requests
 
-HEALTH_CLIENT_ID = "~health"
 MAX_HEARTBEAT_BYTES = 1024
 
 
@@ -160,9 +161,8 @@ class HealthRoom:
             assert transition.status is not None
             command = SetHealth(transition.service, transition.instance_id, transition.revision,
                                 transition.status, transition.at_ms, transition.output)
-        # NB: seqs of one client id must rise across leaders: (term << 32) + a counter does.
         self._seq += 1
-        seq = (self._term << 32) + self._seq
+        seq = health_seq(self._term, self._seq)  # rises across leaders too (catalogue/health.py)
         data = encode_request(Request(HEALTH_CLIENT_ID, seq, command))
         self._requests.write(None, (HEALTH_CLIENT_ID, seq), data, now)
         self.proposed += 1

@@ -15,7 +15,6 @@ from registry.catalogue import (
     Applied,
     Check,
     CheckKind,
-    CommandError,
     Deregister,
     Deregistered,
     HealthSet,
@@ -26,7 +25,9 @@ from registry.catalogue import (
     Restored,
     ValidationError,
     encode_request,
+    check_to_map,
     validate_check,
+    validate_external_client_id,
 )
 
 from .client_api import ClientRequest
@@ -61,6 +62,7 @@ class ClientOps:
     def _write(self, request: ClientRequest, now: float) -> None:
         args = request.args
         client_id, seq = args.get("client"), args.get("seq")
+        validate_external_client_id(client_id)  # NB: '~' ids are the cluster's own (~health)
         if request.op == "register":
             command: Register | Deregister = Register(
                 service=_arg(args, "service", str), address=_arg(args, "address", str), port=_arg(args, "port", int),
@@ -157,43 +159,11 @@ def _arg(args: dict[str, Any], key: str, kind: type, *, optional: bool = False, 
 def _check_arg(args: dict[str, Any]) -> Check | None:
     """The `check` map of a register (docs/client-protocol.md), validated; None without one."""
     raw = _arg(args, "check", dict, optional=True)
-    if raw is None:
-        return None
-    known = {"kind", "ttl_ms", "url", "interval_ms", "timeout_ms", "failures", "successes", "deregister_after_ms"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValidationError("check", f"unknown check fields {sorted(map(str, unknown))}; accepted: {sorted(known)}")
-    kind = raw.get("kind")
-    try:
-        check_kind = CheckKind(kind)
-    except ValueError:
-        raise ValidationError("check", f"check kind {kind!r} is not one of ttl, tcp, http") from None
-    fields = {k: v for k, v in raw.items() if k != "kind"}
-    for name, value in fields.items():
-        expected = str if name == "url" else int
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise ValidationError("check", f"check field {name!r} must be {expected.__name__}")
-    try:
-        return validate_check(Check(check_kind, **fields))
-    except CommandError as exc:
-        raise ValidationError("check", str(exc)) from None
-
-
-_CHECK_FIELDS = {
-    CheckKind.TTL: ("ttl_ms", "deregister_after_ms"),
-    CheckKind.TCP: ("interval_ms", "timeout_ms", "failures", "successes", "deregister_after_ms"),
-    CheckKind.HTTP: ("url", "interval_ms", "timeout_ms", "failures", "successes", "deregister_after_ms"),
-}
-
-
-def check_json(check: Check | None) -> dict[str, Any] | None:
-    """A check as the client protocol's map: its kind and the fields that apply to it."""
-    if check is None:
-        return None
-    return {"kind": check.kind.value, **{name: getattr(check, name) for name in _CHECK_FIELDS[check.kind]}}
+    return None if raw is None else validate_check(raw)
 
 
 def _instance_json(instance: Any) -> dict[str, Any]:
     return {"id": instance.id, "address": instance.address, "port": instance.port,
             "tags": list(instance.tags), "meta": dict(instance.meta), "status": instance.status.value,
-            "since_ms": instance.since_ms, "check": check_json(instance.check), "revision": instance.revision}
+            "since_ms": instance.since_ms, "revision": instance.revision, "output": instance.output,
+            "check": None if instance.check is None else check_to_map(instance.check)}

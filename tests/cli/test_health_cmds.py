@@ -101,12 +101,12 @@ def test_a_bad_duration_exits_2_saying_what_is_accepted(fake, bad: str) -> None:
         (["--deregister-after", "5m"], "it needs --ttl or --check"),
         (["--check", "udp"], "use tcp (connect to HOST:PORT) or an http:// URL"),
         (["--check", "https://10.0.0.5:8443/h"], "use tcp"),
-        (["--ttl", "500ms"], "ttl_ms 500: use 1000 to 86400000 ms"),
+        (["--ttl", "500ms"], "ttl_ms 500: use an integer number of milliseconds from 1000 ms (1 s) to 86400000 ms (24 h)"),
         (["--ttl", "10s", "--deregister-after", "10s"], "deregister_after_ms 10000"),
         (["--check", "tcp", "--interval", "500ms"], "interval_ms 500"),
-        (["--check", "tcp", "--check-timeout", "2s"], "up to the interval (1000 ms)"),
-        (["--check", "tcp", "--failures", "0"], "failures 0: use 1 to 100"),
-        (["--check", "http://10.0.0.5/health"], "needs a host and a port"),
+        (["--check", "tcp", "--check-timeout", "2s"], "timeout_ms 2000: use an integer number of milliseconds from 100 ms to 1000 ms (1 s) (at most the interval)"),
+        (["--check", "tcp", "--failures", "0"], "failures 0: use an integer from 1 to 100"),
+        (["--check", "http://10.0.0.5/health"], "it names no port; use http://HOST:PORT/path"),
     ],
 )
 def test_register_options_that_do_not_go_together_exit_2(fake, args: list[str], says: str) -> None:

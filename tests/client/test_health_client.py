@@ -71,12 +71,12 @@ def test_register_without_a_check_sends_the_same_request_as_before(fake) -> None
 @pytest.mark.parametrize(
     ("check", "says"),
     [
-        ({"kind": "grpc"}, "use one of ttl, tcp, http"),
-        ({"kind": "ttl", "ttl_ms": 500}, "ttl_ms 500: use 1000 to"),
-        ({"kind": "tcp", "interval_ms": 1000, "timeout_ms": 2000}, "up to the interval"),
-        ({"kind": "http", "url": "https://x:1/", "interval_ms": 1000, "timeout_ms": 100}, "not http://"),
+        ({"kind": "grpc"}, "use 'ttl', 'tcp' or 'http'"),
+        ({"kind": "ttl", "ttl_ms": 500}, "ttl_ms 500: use an integer number of milliseconds from 1000 ms"),
+        ({"kind": "tcp", "interval_ms": 1000, "timeout_ms": 2000}, "(at most the interval)"),
+        ({"kind": "http", "url": "https://x:1/", "interval_ms": 1000, "timeout_ms": 100}, "only http:// is supported"),
         ({"kind": "ttl", "ttl_ms": 10_000, "deregister_after_ms": 1000}, "deregister_after_ms 1000"),
-        ({"kind": "ttl", "ttl_ms": 10_000, "every": 1}, "unknown check keys every"),
+        ({"kind": "ttl", "ttl_ms": 10_000, "every": 1}, r"check has unknown keys \['every'\]"),
         ("ttl", "must be a map or a Check"),
     ],
 )

@@ -7,7 +7,7 @@ import pytest
 
 from registry.catalogue.model import Check, CheckKind, HealthStatus, Instance
 from registry.health import ProbeReport, ProbeSpec, ProberSettings, probe_spec
-from registry.health.checks import Threshold
+from registry.catalogue.health import Threshold
 from registry.health.wire import (
     REPLACE,
     FrameReader,
@@ -51,7 +51,7 @@ def test_threshold_of_one_flips_at_once() -> None:
 
 
 def test_threshold_refuses_zero() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="from 1 to 100"):
         Threshold(0, 2, P)
 
 
