@@ -245,7 +245,7 @@ def _instance(service: str, info: InstanceInfo) -> Instance:
     status = HealthStatus.PASSING if info.status == HealthStatus.PASSING.value else HealthStatus.CRITICAL
     return Instance(id=info.id, service=service, address=info.address, port=info.port, tags=tuple(info.tags),
                     meta=tuple(sorted(info.meta.items())), check=check, status=status, since_ms=info.since_ms,
-                    revision=info.revision)
+                    revision=info.revision, output=info.output or "")
 
 
 def view_from_services(got: Services) -> CatalogueView:
@@ -259,46 +259,31 @@ def view_from_services(got: Services) -> CatalogueView:
     return CatalogueView(applied_index=got.index, version=got.index, services=services)
 
 
-def _outputs(got: Services) -> dict[tuple[str, str], str]:
-    return {(name, i.id): i.output for name, instances in got.items() for i in instances if i.output}
-
-
 def explain_report(got: Services, name: str, qtype: str, zone: str, max_udp: int, explain: Explain) -> Any:
-    """``explain``'s answer for ``name`` on the view of ``got``."""
+    """``explain``'s answer (``registry_dns.explain.Explanation``) for ``name`` on the view of ``got``."""
     return explain(view_from_services(got), name, qtype, zone, max_udp)
 
 
 def explain_lines(report: Any, name: str, qtype: str, now_ms: int) -> list[str]:
-    """Human lines: which instances are in the answer, and why each other one is not.
-
-    NB: ``report`` is ``registry_dns.explain.explain``'s result, read as an iterable of entries
-    with ``instance`` (an Instance), ``included`` (bool) and ``reason`` (str); being written in
-    parallel, its shape is to be confirmed at merge."""
-    entries = list(report)
-    if not entries:
-        return [f"{name} {qtype}: no instance of any service answers this name"]
-    included = [e for e in entries if e.included]
-    lines = [f"{name} {qtype}: {len(included)} of {len(entries)} instances in the answer"]
-    for e in entries:
-        i = e.instance
+    """Human lines: the answer's rcode and summary, then each instance: in the answer (+), or
+    why not (-)."""
+    verdicts = list(report.instances)
+    lines = [f"{name} {qtype}: {report.rcode_name}; {report.summary}"]
+    for v in verdicts:
+        i = v.instance
         where = f"{i.service}/{i.id} {i.address}:{i.port}"
-        if e.included:
+        if v.in_answer:
             lines.append(f"  + {where}")
-        else:
-            lines.append(f"  - {where}: {e.reason} ({i.status.value} {format_age(i.since_ms, now_ms)})")
+            continue
+        why = v.reason.value if v.reason is not None else "not in the answer"
+        if i.status is HealthStatus.CRITICAL:
+            why += f" ({i.status.value} {format_age(i.since_ms, now_ms)}{': ' + i.output if i.output else ''})"
+        lines.append(f"  - {where}: {why}{'; ' + v.detail if v.detail else ''}")
     return lines
 
 
-def explain_json(report: Any, name: str, qtype: str, zone: str, index: int) -> dict[str, Any]:
-    return {
-        "name": name, "type": qtype, "zone": zone, "index": index,
-        "instances": [
-            {"service": e.instance.service, "id": e.instance.id, "address": e.instance.address,
-             "port": e.instance.port, "status": e.instance.status.value, "since_ms": e.instance.since_ms,
-             "in_answer": bool(e.included), "reason": e.reason or None}
-            for e in report
-        ],
-    }  # fmt: skip
+def explain_json(report: Any, zone: str, index: int) -> dict[str, Any]:
+    return {"zone": zone, "index": index, **report.as_dict()}
 
 
 def run_explain(
@@ -319,9 +304,9 @@ def run_explain(
         got = client.services()
     except RegistryError as e:
         fail(e)
-    report = list(explain_report(got, name, qtype, zone, max_udp, explain))
+    report = explain_report(got, name, qtype, zone, max_udp, explain)
     if as_json:
-        echo_json(explain_json(report, name, qtype, zone, got.index))
+        echo_json(explain_json(report, zone, got.index))
         return
     for line in explain_lines(report, name, qtype, int(time.time() * 1000) if now_ms is None else now_ms):
         typer.echo(line)

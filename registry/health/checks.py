@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from registry.catalogue.health import Threshold
-from registry.catalogue.model import CheckKind, HealthStatus
+from registry.catalogue.model import CheckKind
 
 from .probes import Outcome, TcpProbe, literal_address, probe
 from .spec import ProbeReport, ProbeSpec

@@ -15,16 +15,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from registry.catalogue.model import CheckKind, HealthStatus, Instance
+from registry.catalogue.model import CheckKind, HealthStatus
 from registry.catalogue.view import CatalogueView
 from registry.cli.durations import format_age, format_duration, parse_duration
 from registry.cli.health_cmds import explain_json, explain_lines, run_explain, view_from_services
+from registry_dns.explain import explain as dns_explain
 from registry.cli.main import app
 from registry.client import Client
 
@@ -229,20 +229,10 @@ def test_services_shows_status_since_and_check(fake) -> None:
 # -- explain ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Entry:
-    """The shape the command reads from ``registry_dns.explain.explain``'s answer."""
-
-    instance: Instance
-    included: bool
-    reason: str = ""
-
-
 def test_explain_gives_the_view_of_a_linearizable_read_and_prints_every_reason(fake) -> None:
     """The command reads the services (not stale), builds the view a node's DNS holds (health
-    included), calls explain with the name, type, zone and UDP size, and prints one line per
-    instance: + in the answer, - left out with the reason. (A stub explain: the formatting is the
-    unit under test; the DNS engineer's function is tested end to end after the merge.)"""
+    included), asks the DNS responder's own explain, and prints one line per instance: + in the
+    answer, - left out with the reason (critical since when, with the check's output)."""
     node = CatalogueNode(now_ms=int(time.time() * 1000) - 60_000)
     server = fake(node)
     run("register", "web", "10.0.0.5:8080", "--id", "a", "--tag", "primary", server=server)
@@ -250,34 +240,39 @@ def test_explain_gives_the_view_of_a_linearizable_read_and_prints_every_reason(f
     node.set_status("web", "b", "critical", output="connection refused")
     calls: list[tuple[Any, ...]] = []
 
-    def stub(view: CatalogueView, qname: str, qtype: str, zone: str, max_udp: int) -> list[Entry]:
+    def recording(view: CatalogueView, qname: str, qtype: str, zone: str, max_udp: int) -> Any:
         calls.append((view, qname, qtype, zone, max_udp))
-        return [Entry(i, i.serving, "" if i.serving else "critical") for i in view.instances("web")]
+        return dns_explain(view, qname, qtype, zone, max_udp)
 
     with Client([server.address], timeout_s=2) as client:
         run_explain(client, "web.service.registry.", "A", zone="registry.", max_udp=512, as_json=False,
-                    explain=stub)
+                    explain=recording)
     [(view, qname, qtype, zone, max_udp)] = calls
     assert (qname, qtype, zone, max_udp) == ("web.service.registry.", "A", "registry.", 512)
     assert server.received()[-1]["args"] == {"service": None, "stale": False}
     a, b = view.instances("web")
     assert (a.serving, b.serving, b.status, b.check.kind) == (True, False, HealthStatus.CRITICAL, CheckKind.TCP)
+    assert b.output == "connection refused"
     assert view.instances("web", "primary") == (a, b) and view.applied_index == node.index
 
-    lines = explain_lines(stub(view, qname, qtype, zone, max_udp), "web.service.registry.", "A", node.now_ms + 60_000)
-    assert lines == [
-        "web.service.registry. A: 1 of 2 instances in the answer",
+    report = dns_explain(view, qname, qtype, zone, max_udp)
+    lines = explain_lines(report, "web.service.registry.", "A", node.now_ms + 60_000)
+    assert lines[0].startswith("web.service.registry. A: NOERROR; ")
+    assert lines[1:] == [
         "  + web/a 10.0.0.5:8080",
-        "  - web/b 10.0.0.6:8080: critical (critical 1m ago)",
+        "  - web/b 10.0.0.6:8080: critical (critical 1m ago: connection refused)"
+        + ("; " + report.instances[1].detail if report.instances[1].detail else ""),
     ]
-    report = explain_json(stub(view, qname, qtype, zone, max_udp), qname, qtype, zone, view.applied_index)
-    assert [(i["id"], i["in_answer"], i["reason"]) for i in report["instances"]] == [
+    as_json = explain_json(report, zone, view.applied_index)
+    assert as_json["rcode"] == "NOERROR" and as_json["index"] == view.applied_index
+    assert [(i["instance_id"], i["in_answer"], i["reason"]) for i in as_json["instances"]] == [
         ("a", True, None), ("b", False, "critical")]
 
 
 def test_explain_of_a_name_that_matches_nothing_says_so() -> None:
-    assert explain_lines([], "nope.service.registry.", "SRV", 0) == [
-        "nope.service.registry. SRV: no instance of any service answers this name"]
+    report = dns_explain(CatalogueView.empty(), "nope.service.registry.", "SRV", "registry.", 512)
+    [line] = explain_lines(report, "nope.service.registry.", "SRV", 0)
+    assert line.startswith("nope.service.registry. SRV: NXDOMAIN; ")
 
 
 def test_explain_refuses_an_unknown_type(fake) -> None:
