@@ -264,8 +264,13 @@ class Catalogue:
 
         NB: even an identical definition is replaced (the view's version moves): the new revision
         is what makes a late health command for the previous incarnation change nothing.
+        NB: a Register written by the previous version (no ``at_ms``, no check) gets revision 0,
+        as a format-1 snapshot's instances do; otherwise a node that replays such an entry and a
+        node that restored a format-1 snapshot covering it would hold different instances. Every
+        node of this version stamps ``at_ms``, and only checked instances are named by revision.
         """
         assert command.instance_id is not None
+        legacy = not command.at_ms and command.check is None
         new = Instance(
             id=command.instance_id,
             service=command.service,
@@ -276,7 +281,7 @@ class Catalogue:
             check=command.check,
             status=HealthStatus.PASSING,
             since_ms=command.at_ms,
-            revision=index,
+            revision=0 if legacy else index,
         )
         services = self._view.services
         instances = services.get(command.service, ())

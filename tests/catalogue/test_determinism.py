@@ -96,7 +96,8 @@ class Model:
             previous = instances.get(command.instance_id)
             instances[command.instance_id] = Instance(
                 command.instance_id, command.service, command.address, command.port, command.tags, command.meta,
-                command.check, HealthStatus.PASSING, since_ms=command.at_ms, revision=index,
+                command.check, HealthStatus.PASSING, since_ms=command.at_ms,
+                revision=index if command.at_ms or command.check is not None else 0,  # legacy: 0
             )  # fmt: skip
             result = Registered(command.instance_id, previous is None, previous)
         elif isinstance(command, SetHealth) or getattr(command, "revision", None) is not None:

@@ -51,10 +51,10 @@ def populated() -> Catalogue:
 
 def test_register_adds_an_instance_and_reports_it_created() -> None:
     catalogue = Catalogue()
-    applied = write(catalogue, "c1", 1, Register("web", "10.0.0.5", 8080, tags=["v1"]))
+    applied = write(catalogue, "c1", 1, Register("web", "10.0.0.5", 8080, tags=["v1"], at_ms=5))
     assert applied == Applied("c1", 1, Registered("web-10.0.0.5-8080", created=True), index=1)
     assert catalogue.view.instances("web") == (
-        Instance("web-10.0.0.5-8080", "web", "10.0.0.5", 8080, ("v1",), (), revision=1),
+        Instance("web-10.0.0.5-8080", "web", "10.0.0.5", 8080, ("v1",), (), since_ms=5, revision=1),
     )
     assert catalogue.applied_index == catalogue.view.applied_index == 1
 
@@ -63,16 +63,17 @@ def test_register_is_an_upsert_by_id() -> None:
     """Registering an existing id replaces that whole instance (tags and meta not given are
     removed) and reports created=False with the definition it replaced."""
     catalogue = Catalogue()
-    write(catalogue, "c1", 1, Register("web", "10.0.0.5", 80, instance_id="a", tags=["old"], meta={"v": "1"}))
-    applied = write(catalogue, "c1", 2, Register("web", "10.0.0.6", 81, instance_id="a"))
-    old = Instance("a", "web", "10.0.0.5", 80, ("old",), (("v", "1"),), revision=1)
+    write(catalogue, "c1", 1, Register("web", "10.0.0.5", 80, instance_id="a", tags=["old"], meta={"v": "1"},
+                                       at_ms=7))
+    applied = write(catalogue, "c1", 2, Register("web", "10.0.0.6", 81, instance_id="a", at_ms=7))
+    old = Instance("a", "web", "10.0.0.5", 80, ("old",), (("v", "1"),), since_ms=7, revision=1)
     assert applied.result == Registered("a", created=False, previous=old)
-    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, (), (), revision=2),)
+    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, (), (), since_ms=7, revision=2),)
     # The same definition again is a new incarnation (revision 3) and says what it replaced: the same, at 2.
     before = catalogue.view.instances("web")[0]
-    again = write(catalogue, "c1", 3, Register("web", "10.0.0.6", 81, instance_id="a"))
+    again = write(catalogue, "c1", 3, Register("web", "10.0.0.6", 81, instance_id="a", at_ms=7))
     assert again.result == Registered("a", created=False, previous=before)
-    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, (), (), revision=3),)
+    assert catalogue.view.instances("web") == (Instance("a", "web", "10.0.0.6", 81, (), (), since_ms=7, revision=3),)
     assert again.touched == (("web", "a"),) and catalogue.view.version == 3
 
 
@@ -213,8 +214,9 @@ def test_the_least_recently_used_session_is_evicted() -> None:
     assert catalogue.session_count() == 2
     # b's session is gone, so its retry is applied again (the documented limit of a bounded table).
     again = write(catalogue, "b", 1, Register("web", "10.0.0.2", 80)).result
+    # (revision 0: a register without at_ms is the previous version's entry; see test_legacy_registers_...)
     assert again == Registered("web-10.0.0.2-80", False, previous=Instance("web-10.0.0.2-80", "web", "10.0.0.2", 80,
-                                                                               revision=2))
+                                                                               revision=0))
     assert catalogue.last_seq("a") is None  # and b's new session evicted a
 
 
@@ -430,3 +432,14 @@ def test_digest_covers_services_sessions_and_index() -> None:
     write(content, "c9", 1, Register("zz", "10.0.0.1", 80))
     digests = {c.digest() for c in (base, moved, session, content)}
     assert len(digests) == 4
+
+
+def test_legacy_registers_get_revision_0_like_a_format_1_snapshot() -> None:
+    """A register written by the previous version (no at_ms, no check) gets revision 0, the same
+    as the instance restored from a format-1 snapshot taken after it: replaying old entries and
+    restoring an old snapshot give every node the same instances."""
+    catalogue = Catalogue()
+    write(catalogue, "c1", 1, Register("web", "10.0.0.5", 80, instance_id="old"))
+    write(catalogue, "c1", 2, Register("web", "10.0.0.6", 80, instance_id="new", at_ms=1))
+    new, old = catalogue.view.instances("web")  # sorted by id
+    assert (old.revision, new.revision) == (0, 2)

@@ -123,7 +123,7 @@ def test_service_names_membership_and_instance_lookup() -> None:
     assert view.service_names() == ("db", "web") == tuple(view.services)
     assert len(view.services) == 2
     assert view.services.get("ghost") is None and "ghost" not in view
-    assert view.instance("WEB", "b") == Instance("b", "web", "10.0.0.2", 80, ("green", "v1"), (), revision=2)
+    assert view.instance("WEB", "b") == Instance("b", "web", "10.0.0.2", 80, ("green", "v1"), ())  # legacy: rev 0
     assert view.instance("web", "B") is None  # ids are case-sensitive
     assert view.instance("ghost", "b") is None
     assert view.instances("ghost") == ()
@@ -154,9 +154,9 @@ def test_version_changes_exactly_when_services_change() -> None:
     """version is the index of the last entry that changed the services; no-ops keep it. An
     identical re-register is not a no-op: it is a new incarnation (a new revision)."""
     catalogue = Catalogue()
-    write(catalogue, Register("web", "10.0.0.1", 80))
+    write(catalogue, Register("web", "10.0.0.1", 80, at_ms=1))
     assert catalogue.view.version == 1
-    write(catalogue, Register("web", "10.0.0.1", 80))  # identical re-register: revision 2
+    write(catalogue, Register("web", "10.0.0.1", 80, at_ms=1))  # identical re-register: revision 2
     assert catalogue.view.version == 2 and catalogue.view.instances("web")[0].revision == 2
     catalogue.skip(3)
     write(catalogue, Deregister("web", instance_id="nope"))  # not_found
