@@ -349,6 +349,7 @@ class Simulation:
         node.raw = None
         node.held.clear()
         node.paused_until = 0
+        node.tracker = None  # in memory only: a restarted node starts a new one
         self.stats["lost_writes"] += node.disk.crash()
         self.stats["crashes"] += 1
         short = self.rng.random() < self.profile.short_downtime
