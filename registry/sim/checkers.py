@@ -238,3 +238,73 @@ class SafetyChecker:
         for index in range(log.snapshot_index + 1, min(self.max_committed, log.last_index) + 1):
             if not _same(log.entry(index), self.committed[index]):
                 raise Violation(f"committed entry lost: node {node} holds a different entry at committed index {index}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    node: NodeId
+    term: int
+    instance_id: str
+    now_ms: int
+    problem: str  # "" when the decision was sound
+
+
+class HealthChecker:
+    """Health's safety properties, for the runs that have TTL instances:
+
+    - An expiry that commits was decided by a leader that (a) had led for at least the TTL at
+      that moment, on its own clock restarted at its election (no expiry for silence it did not
+      witness), and (b) had received no renewal of that instance within the TTL before it.
+    - A transition changes an instance only if it names the instance's revision (news about an
+      older incarnation changes nothing).
+
+    Every node applying the same health history is state machine safety: the health table is
+    part of each node's image (see ``SafetyChecker.on_image``).
+    """
+
+    def __init__(self) -> None:
+        self._led_since: dict[tuple[NodeId, int], int] = {}  # (leader, term) -> its clock at election
+        self._renewed: dict[tuple[NodeId, int, str], int] = {}  # (leader, term, instance) -> last renewal
+        self._decisions: dict[int, _Decision] = {}
+        self.expiries_checked = 0
+        self.expiry_leaderships: set[tuple[NodeId, int]] = set()  # (leader, term) of each committed expiry
+
+    def on_lead(self, node: NodeId, term: int, now_ms: int) -> None:
+        self._led_since.setdefault((node, term), now_ms)
+
+    def on_renewal(self, node: NodeId, term: int, instance_id: str, now_ms: int) -> None:
+        """A renewal reached the tracker of `node`, leader of `term`."""
+        self._renewed[(node, term, instance_id)] = now_ms
+
+    def on_expiry_decided(self, decision: int, node: NodeId, term: int, instance_id: str, ttl_ms: int,
+                          now_ms: int) -> None:
+        """`node`, leader of `term`, proposes to turn `instance_id` critical at `now_ms` on its clock.
+        Judged now, against what it had seen so far; a violation only if the entry commits."""
+        led = self._led_since.get((node, term))
+        renewed = self._renewed.get((node, term, instance_id))
+        problem = ""
+        if led is None:
+            problem = f"node {node} was not leader of term {term}"
+        elif now_ms - led < ttl_ms:
+            problem = f"node {node} had led term {term} for only {now_ms - led} ms of a {ttl_ms} ms TTL"
+        elif renewed is not None and now_ms - renewed < ttl_ms:
+            problem = f"node {node} had received a renewal {now_ms - renewed} ms before, within the {ttl_ms} ms TTL"
+        self._decisions[decision] = _Decision(node, term, instance_id, now_ms, problem)
+
+    def on_expiry_committed(self, index: int, decision: int) -> None:
+        record = self._decisions.get(decision)
+        if record is None:
+            raise Violation(f"health safety: the expiry committed at index {index} was never decided by a leader")
+        self.expiries_checked += 1
+        self.expiry_leaderships.add((record.node, record.term))
+        if record.problem:
+            raise Violation(f"health safety: expiry of {record.instance_id} committed at index {index} "
+                            f"was decided too early: {record.problem}")
+
+    def on_transition_applied(self, node: NodeId, index: int, instance_id: str, revision: int,
+                              before: tuple[int, str] | None, after: tuple[int, str] | None) -> None:
+        """`node` applied, at `index`, a transition of `instance_id` naming `revision`; its
+        (revision, status) went from `before` to `after` (None: no such instance)."""
+        if before != after and (before is None or before[0] != revision):
+            raise Violation(f"health safety: node {node} applied a transition of {instance_id} for revision "
+                            f"{revision} at index {index} to an instance at {before}")

@@ -1,7 +1,8 @@
 """The seeded cluster simulation: real cores, simulated network, disks, clients and faults.
 
 One seed decides everything: the fault profile, every fault, every message's fate and every
-election timeout. `registry sim --seed S --nodes N [--mutant M]` replays a run exactly.
+election timeout, and whether the run has TTL instances (see health.py) and what their services
+do. `registry sim --seed S --nodes N [--mutant M]` replays a run exactly.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from registry.catalogue.model import HealthStatus
+from registry.catalogue.tracker import HealthTracker, Transition
 from registry.raft import (
+    NO_NODE,
     Config,
     Entry,
     EntryKind,
@@ -19,7 +23,6 @@ from registry.raft import (
     InstallSnapshot,
     LocalError,
     Membership,
-    Message,
     NodeId,
     NotLeader,
     Raft,
@@ -29,9 +32,26 @@ from registry.raft import (
     Snapshot,
 )
 
-from .checkers import SafetyChecker, Violation
+from .checkers import HealthChecker, SafetyChecker, Violation
 from .disk import SimDisk
-from .network import NetworkFaults, SimNetwork
+from .health import (
+    NEVER,
+    SERVICE,
+    TICK_MS,
+    HealthProfile,
+    Keepalive,
+    RegisterEntry,
+    Renewal,
+    Table,
+    TableView,
+    Record,
+    decode_entry,
+    decode_table,
+    encode_table,
+    register_entry,
+    transition_entry,
+)
+from .network import NetworkFaults, Packet, SimNetwork
 
 STEPS_PER_TICK = 5  # message latency is 1-3 steps: a round trip is about one tick
 ELECTION_TICKS = 10
@@ -105,8 +125,13 @@ class SimNode:
     incarnation: int = 0
     down_until: int = 0
     paused_until: int = 0  # while paused, the node neither ticks nor receives
-    held: list[Message] = field(default_factory=list)  # messages that arrived while paused
+    held: list[Packet] = field(default_factory=list)  # messages that arrived while paused
     image: tuple[int, bytes] = (0, b"")  # the state machine: (applied index, digest of everything applied)
+    health: Table = field(default_factory=dict)  # the state machine's health table (health.py)
+    health_bytes: bytes = b""  # its canonical encoding, part of the image the checker compares
+    ticks: int = 0  # the node's clock, in ticks: it stands still while the node is down or paused
+    tracker: HealthTracker | None = None  # the health bookkeeping; leading only while leader
+    lead_term: int = 0  # the term its tracker leads
 
 
 @dataclass
@@ -116,6 +141,8 @@ class Client:
     payload: bytes | None = None  # the operation in progress, if any
     target: NodeId | None = None  # where to send it next (a leader hint)
     sent_at: int | None = None  # step of the last proposal; retried after a timeout
+    todo: list[bytes] = field(default_factory=list)  # operations to do first, whatever the phase
+    registrar: bool = False  # does only its todo (the services' registrations)
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,7 @@ class Simulation:
     seed: int
     nodes: int = 3
     raft_class: type[Raft] = Raft
+    tracker_class: type[HealthTracker] = HealthTracker
     mutant: str | None = None
     clients: int = 3
     trace: Callable[[str], None] | None = None
@@ -164,10 +192,36 @@ class Simulation:
                     "proposals", "operations_done", "reads_checked", "snapshots_taken", "snapshots_installed",
                     "installs_over_conflict", "snapshot_chunks", "long_downtimes"):
             self.stats[key] = 0
+        self._init_health()
         for node in self.sim_nodes.values():
             self._start(node)
 
     # -- running ----------------------------------------------------------------------------------
+
+    def _init_health(self) -> None:
+        # NB: a Random of its own, so that the runs without health are the runs of before.
+        self.health_rng = random.Random(f"{self.seed}/health")
+        self.health = HealthProfile.draw(self.health_rng, ELECTION_TICKS)
+        self.health_checker = HealthChecker()
+        self.keepalives = [Keepalive(f"i{n}", ttl, next_at=self.health_rng.randint(1, ttl * STEPS_PER_TICK // 3))
+                           for n, ttl in enumerate(self.health.ttl_ticks, start=1)]
+        self.alive_at_end: dict[str, bool] = {}
+        self.registrar = None
+        self._decisions = 0
+        self._health_committed: set[int] = set()  # indexes whose health entry was applied somewhere
+        if not self.keepalives:
+            return
+        registrar = Client(len(self.client_list) + 1, registrar=True)
+        for keepalive in self.keepalives:
+            registrar.todo.append(self._registration(keepalive))
+        self.client_list.append(registrar)
+        self.registrar: Client | None = registrar
+        for key in ("health_instances", "renewals_sent", "renewals_failed", "renewals_forwarded",
+                    "renewals_received", "renewals_lost", "keepalive_stops", "reregistrations",
+                    "transitions_proposed", "transitions_refused", "expiries", "recoveries",
+                    "transitions_stale"):
+            self.stats[key] = 0
+        self.stats["health_instances"] = len(self.keepalives)
 
     def run(self) -> SimResult:
         violation = None
@@ -188,6 +242,10 @@ class Simulation:
         stats.update(messages_sent=self.network.stats.sent, messages_dropped=self.network.stats.dropped,
                      messages_duplicated=self.network.stats.duplicated, messages_cut=self.network.stats.cut,
                      committed=self.checker.max_committed)
+        if self.keepalives:
+            stats["expiries_checked"] = self.health_checker.expiries_checked
+            stats["expiry_leaderships"] = len(self.health_checker.expiry_leaderships)
+            stats["instances_dead_at_end"] = sum(not alive for alive in self.alive_at_end.values())
         return SimResult(self.seed, self.nodes, self.mutant, violation is None, violation,
                          self.now // STEPS_PER_TICK, stats, replay_command(self.seed, self.nodes, self.mutant))
 
@@ -197,6 +255,8 @@ class Simulation:
             self._inject_faults()
         self._restart_due()
         self._run_clients()
+        if self.keepalives:
+            self._run_keepalives(faults=faults)
         for node in self.sim_nodes.values():
             if node.paused_until == self.now and node.raw is not None:
                 self._event(f"node {node.node_id} resumes with {len(node.held)} messages waiting")
@@ -204,8 +264,12 @@ class Simulation:
                     self._deliver(node, message)
                 node.held.clear()
             if self._running(node) and (self.now + node.node_id) % STEPS_PER_TICK == 0:
+                node.ticks += 1
                 node.raw.tick()  # type: ignore[union-attr]
                 self._observe(node)
+                if node.tracker is not None and node.tracker.leading:
+                    for transition in node.tracker.due(node.ticks * TICK_MS, self._wall_ms()):
+                        self._propose_transition(node, transition)
         for message in self.network.due(self.now):
             node = self.sim_nodes[message.target]
             if node.paused_until > self.now:
@@ -236,8 +300,10 @@ class Simulation:
     def _running(self, node: SimNode) -> bool:
         return node.raw is not None and node.paused_until <= self.now
 
-    def _deliver(self, node: SimNode, message: Message) -> None:
-        if node.raw is not None:
+    def _deliver(self, node: SimNode, message: Packet) -> None:
+        if isinstance(message, Renewal):
+            self._renewal_arrives(node, message)
+        elif node.raw is not None:
             node.raw.step(message)
             self._observe(node)
 
@@ -252,6 +318,11 @@ class Simulation:
                 node.paused_until = self.now + 1
         self._restart_due()
         self._event("faults stop: network healed, every node running")
+        for keepalive in self.keepalives:  # each service now runs, or stays dead, to the end
+            alive = self.health_rng.random() >= self.health.dead_at_end
+            self.alive_at_end[keepalive.instance_id] = alive
+            keepalive.down_until = 0 if alive else NEVER
+            self._event(f"keepalive of {keepalive.instance_id} " + ("runs to the end" if alive else "stays stopped"))
 
     # -- nodes ------------------------------------------------------------------------------------
 
@@ -263,6 +334,9 @@ class Simulation:
             node.image = self._read_image(node, disk.snapshot)
         else:
             node.image = (0, b"")
+            self._set_health(node, {})
+        node.tracker = self.tracker_class() if self.keepalives else None
+        node.lead_term = 0
         config = Config(node.node_id, rng, election_ticks=ELECTION_TICKS, heartbeat_ticks=1,
                         pre_vote=self.profile.pre_vote, check_quorum=self.profile.check_quorum,
                         max_inflight_msgs=self.profile.max_inflight_msgs, max_msg_bytes=self.profile.max_msg_bytes,
@@ -275,6 +349,7 @@ class Simulation:
         node.raw = None
         node.held.clear()
         node.paused_until = 0
+        node.tracker = None  # in memory only: a restarted node starts a new one
         self.stats["lost_writes"] += node.disk.crash()
         self.stats["crashes"] += 1
         short = self.rng.random() < self.profile.short_downtime
@@ -352,6 +427,8 @@ class Simulation:
             if ready.snapshot is not None:
                 node.image = self._read_image(node, ready.snapshot)
                 self.checker.on_restored(node.node_id, ready.snapshot.meta.index)
+                if node.tracker is not None and node.tracker.leading:  # the catalogue was replaced
+                    node.tracker.lead(TableView(node.health), node.ticks * TICK_MS)
             self.checker.on_apply(node.node_id, ready.committed)
             self._apply(node, ready.committed)
             for state in ready.read_states:
@@ -379,10 +456,12 @@ class Simulation:
             assert entry.index == index + 1, f"node {node.node_id} applies {entry.index} after {index}"
             if entry.kind is EntryKind.NORMAL:
                 self.done_payloads.add(entry.data)
+                if entry.data.startswith(b"h:"):
+                    self._apply_health(node, entry)
             digest = hashlib.blake2b(digest + b"%d/%d/%d/" % (entry.index, entry.term, entry.kind) + entry.data,
                                      digest_size=16).digest()
             index = entry.index
-            self.checker.on_image(node.node_id, index, digest)
+            self.checker.on_image(node.node_id, index, digest + node.health_bytes)
         node.image = (index, digest)
 
     def _read_image(self, node: SimNode, snapshot: Snapshot) -> tuple[int, bytes]:
@@ -392,7 +471,8 @@ class Simulation:
         if image[0] != snapshot.meta.index or not rest.endswith(IMAGE_PADDING):
             raise Violation(f"snapshot safety: node {node.node_id} got a snapshot at index {snapshot.meta.index} "
                             f"whose image is of index {image[0]}")
-        self.checker.on_image(node.node_id, *image)
+        self._set_health(node, decode_table(rest[16:-len(IMAGE_PADDING)]))
+        self.checker.on_image(node.node_id, image[0], image[1] + node.health_bytes)
         return image
 
     def _maybe_snapshot(self, node: SimNode) -> None:
@@ -403,7 +483,7 @@ class Simulation:
         index, digest = node.image
         if index - raw.raft.snapshot.meta.index < every:
             return
-        data = b"%d:" % index + digest + IMAGE_PADDING
+        data = b"%d:" % index + digest + node.health_bytes + IMAGE_PADDING
         keep = self.profile.snapshot_keep
         meta = raw.compact(Index(index), data, keep_entries=keep)
         node.disk.save_snapshot(Snapshot(meta, data), max(node.disk.start, index - keep))
@@ -420,6 +500,8 @@ class Simulation:
                 self.stats["elections"] += 1
                 self._event(f"node {node.node_id} leads term {raft.term} (last index {raft.log.last_index}, "
                             f"commit {raft.log.commit_index})")
+        if node.tracker is not None:
+            self._follow_leadership(node)
 
     # -- clients ----------------------------------------------------------------------------------
 
@@ -430,10 +512,14 @@ class Simulation:
                 client.payload = None
                 self.stats["operations_done"] += 1
             if client.payload is None:
-                if self.now > self.profile.fault_ticks * STEPS_PER_TICK or self.rng.random() >= self.profile.propose:
+                if client.todo:
+                    client.payload = client.todo.pop(0)
+                elif client.registrar or self.now > self.profile.fault_ticks * STEPS_PER_TICK or (
+                        self.rng.random() >= self.profile.propose):
                     continue
-                client.seq += 1
-                client.payload = f"c{client.client_id}:{client.seq}".encode()
+                else:
+                    client.seq += 1
+                    client.payload = f"c{client.client_id}:{client.seq}".encode()
                 client.sent_at = None
             if client.sent_at is not None and self.now - client.sent_at < retry_steps:
                 continue
@@ -461,6 +547,153 @@ class Simulation:
                 except LocalError:
                     return
                 self.reads[context] = self.checker.max_committed
+
+    # -- health: keepalives, the leader's tracker, the replicated table ------------------------------
+
+    def _wall_ms(self) -> int:
+        return self.now * TICK_MS // STEPS_PER_TICK
+
+    def _registration(self, keepalive: Keepalive) -> bytes:
+        keepalive.registrations += 1
+        return register_entry(keepalive.instance_id, keepalive.ttl_ms, keepalive.registrations)
+
+    def _run_keepalives(self, *, faults: bool) -> None:
+        rng = self.health_rng
+        for keepalive in self.keepalives:
+            if self.now < keepalive.next_at:
+                continue
+            period = keepalive.ttl_ticks * STEPS_PER_TICK // 3
+            keepalive.next_at = self.now + period
+            iid = keepalive.instance_id
+            if self.now < keepalive.down_until:
+                continue
+            if keepalive.down_until:  # the service is back
+                keepalive.down_until = 0
+                self._event(f"keepalive of {iid} resumes")
+                if rng.random() < self.health.reregister and self.registrar is not None:
+                    self.registrar.todo.append(self._registration(keepalive))
+                    self.stats["reregistrations"] += 1
+                    self._event(f"service of {iid} registers again")
+            if faults and rng.random() < self.health.stop:
+                keepalive.down_until = self.now + rng.randint(1, 4) * keepalive.ttl_ticks * STEPS_PER_TICK
+                self.stats["keepalive_stops"] += 1
+                self._event(f"keepalive of {iid} stops (its service died) until tick "
+                            f"{keepalive.down_until // STEPS_PER_TICK}")
+                continue
+            self._renew(keepalive)
+
+    def _renew(self, keepalive: Keepalive) -> None:
+        """One renewal, as the real client does it: the node it last reached, else any; a node that
+        is down, knows no leader or cannot reach it (the `pass` read fails) makes it try the next."""
+        self.stats["renewals_sent"] += 1
+        others = [i for i in self.ids if i != keepalive.target]
+        self.health_rng.shuffle(others)
+        for target in ([keepalive.target] if keepalive.target else []) + others:
+            node = self.sim_nodes[target]
+            if not self._running(node):
+                continue
+            raft = node.raw.raft  # type: ignore[union-attr]
+            if raft.role is Role.LEADER:
+                self._renewal_at_leader(node, keepalive.instance_id)
+            elif raft.leader_id != NO_NODE and (target, raft.leader_id) not in self.network.blocked:
+                self.network.send(Renewal(target, raft.leader_id, keepalive.instance_id), self.now)
+                self.stats["renewals_forwarded"] += 1
+            else:
+                continue
+            keepalive.target = target
+            return
+        keepalive.target = None
+        self.stats["renewals_failed"] += 1
+
+    def _renewal_arrives(self, node: SimNode, renewal: Renewal) -> None:
+        if node.raw is not None and node.raw.raft.role is Role.LEADER:
+            self._renewal_at_leader(node, renewal.instance_id)
+            return
+        self.stats["renewals_lost"] += 1  # a deposed leader, or one that restarted since
+        for keepalive in self.keepalives:  # its `pass` failed: the client tries elsewhere next time
+            if keepalive.instance_id == renewal.instance_id and keepalive.target == renewal.source:
+                keepalive.target = None
+
+    def _renewal_at_leader(self, node: SimNode, instance_id: str) -> None:
+        self._follow_leadership(node)
+        assert node.tracker is not None and node.raw is not None
+        now_ms = node.ticks * TICK_MS
+        self.health_checker.on_renewal(node.node_id, node.raw.raft.term, instance_id, now_ms)
+        self.stats["renewals_received"] += 1
+        transition = node.tracker.heartbeat(SERVICE, instance_id, now_ms, self._wall_ms())
+        if transition is not None:
+            self._propose_transition(node, transition)
+
+    def _follow_leadership(self, node: SimNode) -> None:
+        """The node's tracker leads exactly while the node does, from its election on."""
+        raft = node.raw.raft  # type: ignore[union-attr]
+        tracker = node.tracker
+        assert tracker is not None
+        if raft.role is Role.LEADER:
+            if node.lead_term != raft.term:
+                node.lead_term = raft.term
+                now_ms = node.ticks * TICK_MS
+                tracker.lead(TableView(node.health), now_ms)
+                self.health_checker.on_lead(node.node_id, raft.term, now_ms)
+        elif tracker.leading:
+            tracker.step_down()
+            node.lead_term = 0
+
+    def _propose_transition(self, node: SimNode, transition: Transition) -> None:
+        raw = node.raw
+        assert raw is not None and transition.status is not None
+        self._decisions += 1
+        now_ms = node.ticks * TICK_MS
+        if transition.status is HealthStatus.CRITICAL:
+            ttl_ms = next(k.ttl_ms for k in self.keepalives if k.instance_id == transition.instance_id)
+            self.health_checker.on_expiry_decided(self._decisions, node.node_id, raw.raft.term,
+                                                  transition.instance_id, ttl_ms, now_ms)
+        try:
+            raw.propose(transition_entry(transition, self._decisions))
+        except LocalError:
+            self.stats["transitions_refused"] += 1  # a transfer in progress: the tracker retries later
+            return
+        self.stats["transitions_proposed"] += 1
+        self._event(f"node {node.node_id} proposes {transition.instance_id} (revision {transition.revision}) "
+                    f"{transition.status.value}: {transition.output}")
+
+    def _set_health(self, node: SimNode, table: Table) -> None:
+        node.health = table
+        node.health_bytes = encode_table(table)
+
+    def _apply_health(self, node: SimNode, entry: Entry) -> None:
+        decoded = decode_entry(entry.data)
+        assert decoded is not None
+        table = dict(node.health)
+        iid = decoded.instance_id
+        before = table.get(iid)
+        first = entry.index not in self._health_committed
+        self._health_committed.add(entry.index)
+        if isinstance(decoded, RegisterEntry):
+            table[iid] = Record(entry.index, HealthStatus.PASSING, decoded.ttl_ms)
+            what = f"{iid} registered (revision {entry.index})"
+        else:
+            if first and decoded.status is HealthStatus.CRITICAL:
+                self.health_checker.on_expiry_committed(entry.index, decoded.decision)
+            if before is not None and before.revision == decoded.revision:
+                table[iid] = Record(before.revision, decoded.status, before.ttl_ms)
+            after = table.get(iid)
+            self.health_checker.on_transition_applied(
+                node.node_id, entry.index, iid, decoded.revision,
+                (before.revision, before.status.value) if before else None,
+                (after.revision, after.status.value) if after else None)
+            changed = after != before
+            if first:
+                key = "transitions_stale" if not changed else (
+                    "expiries" if decoded.status is HealthStatus.CRITICAL else "recoveries")
+                self.stats[key] += 1
+            what = f"{iid} (revision {decoded.revision}) {decoded.status.value}" + ("" if changed else ", no change")
+        if first:
+            self._event(f"committed at index {entry.index}: {what}")
+        if table.get(iid) != before:
+            self._set_health(node, table)
+            if node.tracker is not None and node.tracker.leading:
+                node.tracker.on_touched(TableView(node.health), ((SERVICE, iid),), node.ticks * TICK_MS)
 
     # -- faults -----------------------------------------------------------------------------------
 
@@ -548,6 +781,13 @@ class Simulation:
             if raft.term != leader.term or raft.log.applied_index != leader.log.commit_index:
                 return (f"node {raft.node_id} at term {raft.term} applied {raft.log.applied_index}, "
                         f"leader commit {leader.log.commit_index}")
+        for iid, alive in self.alive_at_end.items():
+            want = HealthStatus.PASSING if alive else HealthStatus.CRITICAL
+            for node in self.sim_nodes.values():
+                record = node.health.get(iid)
+                if record is None or record.status is not want:
+                    return (f"instance {iid}, whose keepalive {'ran' if alive else 'was stopped'} throughout, is "
+                            f"{record.status.value if record else 'missing'} on node {node.node_id}")
         return ""
 
     def _final_checks(self) -> None:
@@ -568,11 +808,17 @@ def run(seed: int, *, nodes: int = 3, mutant: str | None = None,
     from .mutants import MUTANTS as _MUTANTS
 
     raft_class: type[Raft] = Raft
+    tracker_class: type[HealthTracker] = HealthTracker
     if mutant is not None:
         if mutant not in _MUTANTS:
             raise ValueError(f"unknown mutant {mutant!r}; accepted: {', '.join(sorted(_MUTANTS))}")
-        raft_class = _MUTANTS[mutant][0]
-    return Simulation(seed, nodes, raft_class=raft_class, mutant=mutant, trace=trace).run()
+        broken = _MUTANTS[mutant][0]
+        if issubclass(broken, Raft):
+            raft_class = broken
+        else:
+            tracker_class = broken
+    return Simulation(seed, nodes, raft_class=raft_class, tracker_class=tracker_class, mutant=mutant,
+                      trace=trace).run()
 
 
 __all__ = ["Entry", "SimResult", "Simulation", "run", "replay_command"]

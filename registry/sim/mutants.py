@@ -1,10 +1,11 @@
-"""Deliberately broken cores: each breaks one rule, and the simulator must catch every one.
+"""Deliberately broken cores and health trackers: each breaks one rule, and the simulator must catch every one.
 
 A checker that never fails proves nothing; tests run these and assert a violation is found.
 """
 
 from __future__ import annotations
 
+from registry.catalogue.tracker import HealthTracker, Key, Transition, View
 from registry.raft import NO_NODE, AppendEntriesResponse, HardState, NodeId, Raft, RequestVote, Snapshot
 from registry.raft.core import _PendingRead
 
@@ -53,11 +54,33 @@ class InstallMatchesByIndex(Raft):
         super()._install(snapshot, leader)
 
 
-MUTANTS: dict[str, tuple[type[Raft], str]] = {
+class ClocksNotRestarted(HealthTracker):
+    """Starts each TTL clock, on election, from the last renewal this node saw as leader before
+    (or from its boot), not from the election: a new leader expires what it never watched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[Key, int] = {}
+
+    def heartbeat(self, service: str, instance_id: str, now_ms: int, wall_ms: int) -> Transition | None:
+        self._seen[(service, instance_id)] = now_ms
+        return super().heartbeat(service, instance_id, now_ms, wall_ms)
+
+    def lead(self, view: View, now_ms: int) -> None:
+        super().lead(view, now_ms)
+        for key, entry in self._entries.items():
+            entry.renewed_ms = self._seen.get(key, 0)
+            self._reschedule(key, entry)
+
+
+#: name -> (a broken Raft core or health tracker, what it breaks)
+MUTANTS: dict[str, tuple[type[Raft] | type[HealthTracker], str]] = {
     "vote-without-log-check": (VoteWithoutLogCheck, "votes granted without the log up-to-date check (§5.4.1)"),
     "commit-previous-terms": (CommitPreviousTerms, "previous-term entries committed by counting replicas (§5.4.2)"),
     "vote-not-persisted": (VoteNotPersisted, "vote not persisted before replying (figure 2)"),
     "read-without-quorum": (ReadWithoutQuorum, "read index served without a quorum heartbeat round (§6.4)"),
     "install-matches-by-index": (InstallMatchesByIndex,
                                  "snapshot's point matched by index alone, not its term (figure 13 step 6)"),
+    "health-clocks-not-restarted": (ClocksNotRestarted,
+                                    "a new leader's TTL clocks start from old renewals, not its election"),
 }

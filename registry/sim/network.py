@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 
 from registry.raft import Message, NodeId
 
+from .health import Renewal
+
+#: What travels between nodes: the cores' messages, and the heartbeats followers forward.
+Packet = Message | Renewal
+
 
 @dataclass
 class NetworkFaults:
@@ -40,10 +45,10 @@ class SimNetwork:
     stats: NetworkStats = field(default_factory=NetworkStats)
     # Directed links that lose everything: (source, target). A partition is a set of these.
     blocked: set[tuple[NodeId, NodeId]] = field(default_factory=set)
-    _queue: list[tuple[int, int, Message]] = field(default_factory=list)
+    _queue: list[tuple[int, int, Packet]] = field(default_factory=list)
     _seq: int = 0
 
-    def send(self, message: Message, now: int) -> None:
+    def send(self, message: Packet, now: int) -> None:
         self.stats.sent += 1
         if (message.source, message.target) in self.blocked:
             self.stats.cut += 1
@@ -64,9 +69,9 @@ class SimNetwork:
             self._seq += 1
             heapq.heappush(self._queue, (now + delay, self.rng.getrandbits(32) * 1_000_000 + self._seq, message))
 
-    def due(self, now: int) -> list[Message]:
+    def due(self, now: int) -> list[Packet]:
         """Messages whose delivery time has come; a link cut since sending loses them too."""
-        out: list[Message] = []
+        out: list[Packet] = []
         queue = self._queue
         while queue and queue[0][0] <= now:
             message = heapq.heappop(queue)[2]

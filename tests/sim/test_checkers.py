@@ -20,7 +20,7 @@ from registry.raft import (
     SnapshotMeta,
     Term,
 )
-from registry.sim import SafetyChecker, Violation
+from registry.sim import HealthChecker, SafetyChecker, Violation
 
 VOTERS = frozenset({NodeId(1), NodeId(2), NodeId(3)})
 
@@ -156,3 +156,48 @@ def test_restoring_a_snapshot_older_than_what_was_applied_is_a_violation() -> No
     checker.on_restored(NodeId(1), 5)
     with pytest.raises(Violation, match="restored a snapshot of index 5 after applying up to 5"):
         checker.on_restored(NodeId(1), 5)
+
+
+def test_an_expiry_decided_before_the_leader_watched_a_whole_ttl_is_a_violation_once_committed() -> None:
+    """A new leader restarts every TTL clock at its election: expiring sooner is unsafe."""
+    checker = HealthChecker()
+    checker.on_lead(NodeId(2), 5, now_ms=10_000)
+    checker.on_expiry_decided(1, NodeId(2), 5, "i1", ttl_ms=3000, now_ms=12_999)
+    checker.on_expiry_decided(2, NodeId(2), 5, "i1", ttl_ms=3000, now_ms=13_000)
+    checker.on_expiry_committed(8, 2)
+    with pytest.raises(Violation, match="led term 5 for only 2999 ms of a 3000 ms TTL"):
+        checker.on_expiry_committed(9, 1)
+
+
+def test_an_expiry_within_the_ttl_of_a_renewal_the_leader_received_is_a_violation() -> None:
+    checker = HealthChecker()
+    checker.on_lead(NodeId(1), 3, now_ms=0)
+    checker.on_renewal(NodeId(1), 3, "i1", now_ms=5000)
+    checker.on_renewal(NodeId(2), 4, "i1", now_ms=7000)  # another leader's renewals do not count
+    checker.on_expiry_decided(1, NodeId(1), 3, "i1", ttl_ms=3000, now_ms=7500)
+    checker.on_expiry_decided(2, NodeId(1), 3, "i2", ttl_ms=3000, now_ms=7500)  # another instance
+    checker.on_expiry_decided(3, NodeId(1), 3, "i1", ttl_ms=3000, now_ms=8000)
+    checker.on_expiry_committed(10, 2)
+    checker.on_expiry_committed(11, 3)
+    with pytest.raises(Violation, match="received a renewal 2500 ms before"):
+        checker.on_expiry_committed(12, 1)
+    assert checker.expiries_checked == 3 and checker.expiry_leaderships == {(NodeId(1), 3)}
+
+
+def test_an_expiry_nobody_decided_or_decided_by_a_non_leader_is_a_violation() -> None:
+    checker = HealthChecker()
+    checker.on_expiry_decided(1, NodeId(1), 3, "i1", ttl_ms=3000, now_ms=9000)
+    with pytest.raises(Violation, match="node 1 was not leader of term 3"):
+        checker.on_expiry_committed(4, 1)
+    with pytest.raises(Violation, match="never decided"):
+        checker.on_expiry_committed(5, 99)
+
+
+def test_a_transition_that_changes_another_revision_is_a_violation() -> None:
+    """News about an older incarnation changes nothing; a stale transition that does is a bug."""
+    checker = HealthChecker()
+    checker.on_transition_applied(NodeId(1), 9, "i1", 4, (4, "passing"), (4, "critical"))
+    checker.on_transition_applied(NodeId(1), 9, "i1", 4, (7, "passing"), (7, "passing"))  # stale: no change
+    checker.on_transition_applied(NodeId(1), 9, "i1", 4, None, None)  # gone: no change
+    with pytest.raises(Violation, match="for revision 4 at index 9 to an instance at \\(7, 'passing'\\)"):
+        checker.on_transition_applied(NodeId(2), 9, "i1", 4, (7, "passing"), (7, "critical"))

@@ -15,6 +15,8 @@ SIM_SEEDS = int(os.environ.get("SIM_SEEDS", "500"))
 #: How many seeds a deliberately broken core may take before the checkers must have caught it.
 #: This is the CI budget: 500 seeds of each cluster size.
 MUTANT_BUDGET = 1000
+#: A seed whose run has TTL instances, expiries and recoveries (checked below).
+HEALTH_SEED = 9
 
 
 @pytest.mark.parametrize("seed", range(SIM_SEEDS))
@@ -44,12 +46,14 @@ def test_checkers_catch_each_broken_core(mutant: str) -> None:
     pytest.fail(f"mutant {mutant} ({MUTANTS[mutant]}) survived {MUTANT_BUDGET} runs")
 
 
-def test_a_seed_replays_exactly() -> None:
-    """The same seed gives the same run, event for event, which is what makes replay possible."""
+@pytest.mark.parametrize("seed", [11, HEALTH_SEED])
+def test_a_seed_replays_exactly(seed: int) -> None:
+    """The same seed gives the same run, event for event, which is what makes replay possible
+    (with TTL instances and their keepalives too)."""
     first: list[str] = []
     second: list[str] = []
-    a = run(11, nodes=5, trace=first.append)
-    b = run(11, nodes=5, trace=second.append)
+    a = run(seed, nodes=5, trace=first.append)
+    b = run(seed, nodes=5, trace=second.append)
     assert first == second and a == b
     assert len(first) > 10
 
@@ -77,6 +81,32 @@ def test_some_snapshot_arrives_while_the_follower_log_conflicts_with_it() -> Non
     pytest.fail("no snapshot was installed over a conflicting log in 200 seeds")
 
 
+def test_health_runs_expire_and_recover_across_leader_changes() -> None:
+    """Across a few seeds with TTL instances, keepalives renew through leaders and followers
+    (some renewals lost), services die and come back (some registering again), and committed
+    expiries, each checked against the leader that decided it, come from several leaderships of
+    one run; at the end a dead service's instance is critical and a live one's passing on every node."""
+    totals: dict[str, int] = {}
+    most_leaderships = 0
+    runs = 0
+    for seed in range(40):
+        result = run(seed, nodes=3)
+        assert result.ok, f"{result.violation}\nreproduce: {result.replay}"
+        if "health_instances" not in result.stats:
+            continue
+        runs += 1
+        assert result.stats["expiries_checked"] >= result.stats["expiries"]  # every committed expiry was judged
+        most_leaderships = max(most_leaderships, result.stats["expiry_leaderships"])
+        for key, value in result.stats.items():
+            totals[key] = totals.get(key, 0) + value
+    assert 5 <= runs <= 30, f"{runs} of 40 seeds have TTL instances"
+    for key in ("renewals_received", "renewals_forwarded", "renewals_lost", "renewals_failed", "keepalive_stops",
+                "reregistrations", "expiries", "recoveries", "transitions_stale", "instances_dead_at_end"):
+        assert totals[key] > 0, f"no {key} in {runs} health runs: {totals}"
+    assert totals["health_instances"] > totals["instances_dead_at_end"]  # some live ones checked passing too
+    assert most_leaderships >= 3, "no run had expiries decided by three leaderships"
+
+
 def test_trace_tells_the_story_of_a_run() -> None:
     """--trace lines name elections, faults and the result, each stamped with the simulated tick."""
     lines: list[str] = []
@@ -90,3 +120,14 @@ def test_trace_tells_the_story_of_a_run() -> None:
 def test_unknown_mutant_is_refused_with_the_accepted_names() -> None:
     with pytest.raises(ValueError, match="accepted: " + ", ".join(sorted(MUTANTS))):
         run(0, mutant="no-such-bug")
+
+
+def test_trace_tells_the_health_story_of_a_run() -> None:
+    """--trace names what the services and the leaders' trackers did, and what committed."""
+    lines: list[str] = []
+    result = run(HEALTH_SEED, nodes=3, trace=lines.append)
+    text = "\n".join(lines)
+    assert result.ok and result.stats["expiries"] > 0 and result.stats["recoveries"] > 0
+    for needle in ("registered (revision", "keepalive of i1 stops", "keepalive of i1 resumes",
+                   "critical: TTL of", "passing: renewed", ") critical", ") passing"):
+        assert needle in text, needle
