@@ -36,6 +36,9 @@ from .replica import Replica
 from .requests import Requests
 
 MAX_HEARTBEAT_BYTES = 1024
+#: A gap this long between two ticks means this process stood still (SIGSTOP, a swapped-out or
+#: starved machine): renewals may be waiting unread, so every clock restarts as at an election.
+STALL_S = 1.0
 
 
 class HealthRoom:
@@ -55,6 +58,8 @@ class HealthRoom:
         self.tracker = HealthTracker()
         self._term = 0
         self._seq = 0
+        self._last_tick: float | None = None
+        self.stalls = 0
         self.heartbeats = 0
         self.forwarded = 0
         self.proposed = 0
@@ -144,9 +149,18 @@ class HealthRoom:
                                                     _ms(now), wall_ms), now)
 
     def tick(self, now: float) -> None:
-        if self.tracker.leading:
-            for transition in self.tracker.due(_ms(now), _ms(self._wall())):
-                self._propose(transition, now)
+        last, self._last_tick = self._last_tick, now
+        if not self.tracker.leading:
+            return
+        if last is not None and now - last > STALL_S:
+            # NB: a paused leader wakes still leading, with renewals unread in its sockets; it never
+            # expires an instance for silence it could not hear (the same rule as an election).
+            self.stalls += 1
+            self._log.warning("health: the loop stood still %.1f s; restarting every TTL clock", now - last)
+            self._lead(now)
+            return
+        for transition in self.tracker.due(_ms(now), _ms(self._wall())):
+            self._propose(transition, now)
 
     # -- proposals -------------------------------------------------------------------------------
 
@@ -173,7 +187,8 @@ class HealthRoom:
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"leading": self.tracker.leading, "tracked": len(self.tracker),
                                "heartbeats": self.heartbeats, "forwarded": self.forwarded,
-                               "transitions_proposed": self.proposed, "dropped_heartbeats": self.dropped_heartbeats}
+                               "transitions_proposed": self.proposed, "dropped_heartbeats": self.dropped_heartbeats,
+                               "stalls": self.stalls}
         if self.prober is not None:
             out["prober"] = self.prober.stats()
         return out
