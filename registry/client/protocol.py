@@ -219,4 +219,5 @@ def parse_status(result: Any, server: str) -> NodeStatus:
         peers=peers,
         dns_stats=_map(r["dns_stats"], "dns_stats") if r.get("dns_stats") is not None else None,
         snapshot=_map(r["snapshot"], "snapshot") if r.get("snapshot") is not None else None,
+        health=_map(r["health"], "health") if r.get("health") is not None else None,
     )

@@ -131,7 +131,9 @@ class NodeStatus:
     """A node's answer to ``status``; ``server`` is the client address that was asked.
     ``peers`` has every peer's last contact; its replication progress only on the leader.
     ``dns_stats`` is the node's DNS process counters (answered, stale, stale_queries, ...).
-    ``snapshot`` is the node's snapshot state: index, bytes, log_first_index, taken, installed, ..."""
+    ``snapshot`` is the node's snapshot state: index, bytes, log_first_index, taken, installed, ...
+    ``health`` is the node's health room: leading, tracked, heartbeats, transitions_proposed,
+    prober counters (None from a node older than health checks)."""
 
     server: str
     node: str
@@ -148,6 +150,7 @@ class NodeStatus:
     peers: Mapping[str, PeerStatus] = field(default_factory=dict)
     dns_stats: Mapping[str, Any] | None = None
     snapshot: Mapping[str, Any] | None = None
+    health: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
