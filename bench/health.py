@@ -491,10 +491,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         pids["prober"] = ppid
                     progress(f"round {r + 1}/{args.rounds}, checks {kind}: {args.idle:g} s idle, "
                              f"{args.seconds:g} s of sequential writes through {leader}")
+                    before = list(counts)
                     row = phase(cluster, nodes, leader, pids, next(runs), args)
                     row.update(round=r + 1, phase=kind, leader=leader, loadavg=loadavg())
-                    if kind == "on":
-                        row["renewer_counts"] = {"ok": counts[0], "failed": counts[1], "late_rounds": counts[2]}
+                    if kind == "on":  # over the phase (the renewer adds after each round of its threads)
+                        row["renewer"] = dict(zip(("ok", "failed", "late_rounds"),
+                                                  (b - a for a, b in zip(before, counts, strict=True)), strict=True))
                     w = row["writes"]
                     progress(f"  p50 {num(w['p50_ms'])} ms, p99 {num(w['p99_ms'])} ms, leader CPU idle "
                              f"{num(row['idle']['cpu_pct']['leader'], '.1f')}%, entries {row.get('entries')}, "
@@ -542,6 +544,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         m["transitions"] = [r["transitions"] for r in rs]
         m["elections"] = sum(r["elections"] for r in rs)
         m["probe_failures"] = sum(r["probe_failures"] for r in rs)
+        m["renewer_failed"] = sum((r.get("renewer") or {}).get("failed", 0) for r in rs)
+        m["renewer_late_rounds"] = sum((r.get("renewer") or {}).get("late_rounds", 0) for r in rs)
         out[kind] = m
     on = [r for r in rows if r["phase"] == "on"]
     out["ratio_p50"] = _median([r.get("ratio_p50_ms") for r in on])
@@ -591,7 +595,8 @@ def print_table(r: dict[str, Any]) -> None:
     entries = [e for e in on["entries"] if e is not None]
     print(f"Raft entries in the steady state beyond the benchmark's writes: {entries}; target 0: "
           f"{'met' if entries and not any(entries) else 'MISSED'}; elections {off['elections'] + on['elections']}, "
-          f"failed probes {on['probe_failures']}")
+          f"failed probes {on['probe_failures']}, failed heartbeats {on['renewer_failed']} "
+          f"(renewer rounds longer than {r['config']['renew_period_s']:g} s: {on['renewer_late_rounds']})")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
