@@ -595,8 +595,8 @@ def print_table(r: dict[str, Any]) -> None:
     entries = [e for e in on["entries"] if e is not None]
     print(f"Raft entries in the steady state beyond the benchmark's writes: {entries}; target 0: "
           f"{'met' if entries and not any(entries) else 'MISSED'}; elections {off['elections'] + on['elections']}, "
-          f"failed probes {on['probe_failures']}, failed heartbeats {on['renewer_failed']} "
-          f"(renewer rounds longer than {r['config']['renew_period_s']:g} s: {on['renewer_late_rounds']})")
+          f"failed probes {on['probe_failures']}, failed heartbeats {on.get('renewer_failed', '-')} "
+          f"(renewer rounds longer than {r['config']['renew_period_s']:g} s: {on.get('renewer_late_rounds', '-')})")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
