@@ -17,9 +17,10 @@ one summary table against the issue's targets, with etcd's numbers as ratios:
 | dns           | dns_cluster.py      | 1 and 10 instances, 5 s phases                 | 1 instance, 3 s phases       |
 | dns_reference | dns_reference.py    | registry DNS vs dnsmasq, 5 s, 2 rounds         | 3 s, 1 round                 |
 | restart       | restart.py          | 10,000 and 100,000 instances                   | 10,000 instances             |
+| health        | health.py           | 10,000 TCP checks, 1,000 TTL, 3 rounds         | 2,000 TCP, 200 TTL, 2 rounds |
 
-A full run takes about 35-45 minutes (restart's 100,000 registrations and the 10-minute
-election run dominate); --quick about 8-10. A step that fails is reported as such and the
+A full run takes about 45-55 minutes (restart's 100,000 registrations and the 10-minute
+election run dominate; health about 8); --quick about 10-12. A step that fails is reported as such and the
 others still run. Progress (each script's own) goes to stderr; the table (or with --json the
 JSON) to stdout; --out also writes the JSON to a file. Benchmarks are not tests: nothing here
 asserts a time; the `target` column only says where the issue's targets stand on this run.
@@ -57,11 +58,13 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
             ["--seconds", "3", "--instances", "1", "--names", "50"]),
     "dns_reference": ("dns_reference.py", ["--seconds", "5", "--rounds", "2"], ["--seconds", "3", "--rounds", "1"]),
     "restart": ("restart.py", ["--instances", "10000,100000"], ["--instances", "10000"]),
+    "health": ("health.py", [], ["--quick"]),
 }
 
 TARGETS = {
     "seq_p50_ms": 1.5, "seq_p99_ms": 5.0, "etcd_ratio_64": 2.0, "failover_median_s": 0.6, "failover_max_s": 1.2,
     "spurious_elections": 0, "dns_qps_per_core": 50_000, "rss_mib_100k": 150,
+    "health_latency_ratio": 1.2, "health_steady_entries": 0,
 }
 
 
@@ -168,6 +171,15 @@ def summarise(steps: dict[str, Any]) -> dict[str, Any]:
                           or row.get("node") == "cluster"},
             "error": count.get("error"),
         }
+    h = steps.get("health") or {}
+    if h.get("summary"):
+        hs = h["summary"]
+        s["health"] = {"tcp": _get(h, "config", "tcp"), "ttl": _get(h, "config", "ttl"),
+                       "ratio_p50": hs.get("ratio_p50"), "ratio_p99": hs.get("ratio_p99"),
+                       "entries": _get(hs, "on", "entries"),
+                       "leader_cpu_pct": _get(hs, "on", "idle_cpu_leader"),
+                       "prober_cpu_pct": _get(hs, "on", "idle_cpu_prober"),
+                       "heartbeats_per_s": _get(hs, "on", "heartbeats_per_s")}
     return s
 
 
@@ -247,6 +259,18 @@ def print_table(r: dict[str, Any]) -> None:
               f"{_f(rss, '.0f') + ' + DNS ' + _f(x['dns_rss_mib_max'], '.0f') + ' MiB':>22}{'':>22}  {tgt}")
         times = ", ".join(f"{k} {_f(v)}" for k, v in x["restart_s"].items())
         print(f"{'  restart to a linearizable read (s)':<44}{times:>22}")
+    he = s.get("health")
+    if he:
+        ratio = max((x for x in (he["ratio_p50"], he["ratio_p99"]) if x is not None), default=None)
+        entries = [e for e in he["entries"] or [] if e is not None]
+        print(f"{'health: write p50/p99 ratio checks on/off':<44}"
+              f"{_f(he['ratio_p50']) + ' / ' + _f(he['ratio_p99']):>22}{'':>22}  "
+              f"<=1.2 {_mark(ratio <= 1.2 if ratio is not None else None)} "
+              f"({he['tcp']} TCP checks, {he['ttl']} TTL)")
+        print(f"{'  Raft entries in steady state; leader CPU %':<44}"
+              f"{str(entries) + '; ' + _f(he['leader_cpu_pct'], '.1f'):>22}{'':>22}  "
+              f"0 {_mark(not any(entries) if entries else None)} (prober {_f(he['prober_cpu_pct'], '.1f')}% CPU, "
+              f"{_f(he['heartbeats_per_s'], '.0f')} heartbeats/s)")
     for name, step in r["steps"].items():
         if "error" in step:
             print(f"note: step {name} failed: {step['error']}")
