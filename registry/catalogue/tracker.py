@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Protocol
 
 from .model import CheckKind, HealthStatus, Instance
@@ -80,15 +81,21 @@ class HealthTracker:
 
     # -- leadership ------------------------------------------------------------------------------
 
-    def lead(self, view: View, now_ms: int) -> None:
-        """This node became leader (or the catalogue was replaced): start every clock from now."""
+    def lead(self, view: View, now_ms: int, keys: Iterable[Key] | None = None) -> None:
+        """This node became leader (or the catalogue was replaced): start every clock from now.
+
+        ``keys``: the checked instances, if the caller keeps that index (else the whole view is
+        scanned, O(instances): too slow for a leader's loop with a large catalogue)."""
         self.leading = True
         self._entries.clear()
         self._heap.clear()
-        for service in view.service_names():
-            for instance in view.instances(service):
-                if instance.check is not None:
-                    self._track(instance, now_ms)
+        if keys is None:
+            instances: Iterable[Instance] = (i for s in view.service_names() for i in view.instances(s))
+        else:
+            instances = (i for key in keys if (i := view.instance(*key)) is not None)
+        for instance in instances:
+            if instance.check is not None:
+                self._track(instance, now_ms)
 
     def step_down(self) -> None:
         self.leading = False

@@ -60,6 +60,11 @@ class HealthRoom:
         self._seq = 0
         self._last_tick: float | None = None
         self.stalls = 0
+        # Invariant: the (service, id) of every instance of the replica that has a check, on every
+        # node, kept per applied entry: a new leader starts its clocks in O(checked instances),
+        # never O(catalogue) on its loop (that stalled leaders past an election timeout).
+        self._checked: set[tuple[str, str]] = set()
+        self.rebuild()
         self.heartbeats = 0
         self.forwarded = 0
         self.proposed = 0
@@ -78,28 +83,41 @@ class HealthRoom:
             if self.prober is not None:
                 self.prober.clear()
 
+    def rebuild(self) -> None:
+        """Index the checked instances of the whole replica: at start and after it was replaced
+        (a snapshot installed or restored). O(catalogue), off the hot path."""
+        view = self._replica.view
+        self._checked = {(i.service, i.id) for name in view.service_names() for i in view.instances(name)
+                         if i.check is not None}
+
     def _lead(self, now: float) -> None:
         view = self._replica.view
-        self.tracker.lead(view, _ms(now))
+        self.tracker.lead(view, _ms(now), self._checked)
         if self.prober is not None:
-            self.prober.replace([spec for name in view.service_names() for i in view.instances(name)
-                                 if (spec := probe_spec(i)) is not None])
+            self.prober.replace([spec for key in self._checked if (i := view.instance(*key)) is not None
+                                 and (spec := probe_spec(i)) is not None])
 
     # -- the catalogue moved ---------------------------------------------------------------------
 
     def on_applied(self, applied: list[Applied], now: float) -> None:
-        if not self.tracker.leading:
-            return
         keys: list[tuple[str, str]] = []
+        view = self._replica.view
         for a in applied:
-            if a.touched is ALL_TOUCHED:
-                self._lead(now)  # a restore replaced everything
+            if a.touched is ALL_TOUCHED:  # a restore replaced everything
+                self.rebuild()
+                if self.tracker.leading:
+                    self._lead(now)
                 keys.clear()
                 continue
             keys.extend(a.touched)
-        if not keys:
+        for key in keys:
+            instance = view.instance(*key)
+            if instance is not None and instance.check is not None:
+                self._checked.add(key)
+            else:
+                self._checked.discard(key)
+        if not keys or not self.tracker.leading:
             return
-        view = self._replica.view
         self.tracker.on_touched(view, tuple(keys), _ms(now))
         if self.prober is not None:
             upsert, remove = [], []

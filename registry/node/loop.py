@@ -340,6 +340,7 @@ class Node:
         self.log.info("installed the leader's snapshot at index %d term %d (%d bytes)", meta.index, meta.term,
                       len(snapshot.data))
         self.requests.on_snapshot_installed(self.clock())
+        self.health.rebuild()
 
     def _apply(self, ready: Ready) -> None:
         if ready.committed:

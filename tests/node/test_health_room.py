@@ -97,3 +97,18 @@ def test_a_malformed_forwarded_heartbeat_is_dropped_and_counted() -> None:
     for garbage in (b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb(["only one"])):
         health.forwarded_heartbeat(garbage, 0.0)
     assert health.dropped_heartbeats == 4 and out.writes == []
+
+
+def test_a_new_leader_tracks_the_checked_instances_it_indexed_as_a_follower() -> None:
+    """Followers keep the index of checked instances per applied entry, so a new leader starts
+    its clocks without scanning the catalogue."""
+    health, out, replica, _ = room(Role.FOLLOWER)
+    entry = encode_request(Request("c", 2, Register("job", "10.0.0.8", 7000, instance_id="k",
+                                                    check=Check(CheckKind.TTL, ttl_ms=int(TTL_S * 1000)), at_ms=1)))
+    health.on_applied(replica.apply([Entry(Term(1), Index(2), EntryKind.NORMAL, entry)]), 0.0)
+    plain = encode_request(Request("c", 3, Register("web", "10.0.0.9", 80, at_ms=1)))
+    health.on_applied(replica.apply([Entry(Term(1), Index(3), EntryKind.NORMAL, plain)]), 0.0)
+    health.on_role(Role.LEADER, 2, 0.0)
+    assert len(health.tracker) == 2
+    run_ticks(health, 0.0, TTL_S + 0.1)
+    assert sorted(c.instance_id for c in out.writes) == ["j", "k"]
