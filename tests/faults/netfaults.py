@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
+import subprocess
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.integration.cluster import STOP_TIMEOUT_S, Agent, Cluster
 
-from .hosts import Host, Network
+from .hosts import Host, Network, run
 
 RAFT_PORT, CLIENT_PORT, DNS_PORT = 7001, 7101, 8600  # the same on every host: each has its own address
 
@@ -35,6 +38,7 @@ class NetFaults:
         # Invariant: (a, b) in _blocked means packets from host a never reach host b.
         self._blocked: set[tuple[str, str]] = set()
         self.loss_pct = 0
+        self._loss_towards: dict[str, int] = {}  # host -> percent of its peers' packets it loses
 
     @property
     def names(self) -> list[str]:
@@ -76,19 +80,33 @@ class NetFaults:
         self.loss_pct = pct
         self._apply()
 
+    def loss_towards(self, name: str, pct: int) -> None:
+        """Drop ``pct`` percent of the packets other nodes send to ``name`` (one lossy link
+        into one node; what it sends is not touched), on top of ``loss``."""
+        assert 0 <= pct <= 100
+        self._loss_towards[name] = pct
+        self._apply()
+
+    def dropped(self, name: str) -> int:
+        """Packets the random-loss rules of host ``name`` have dropped since they were last set."""
+        out = self.network.hosts[name].nft_list("list chain inet faults input")
+        return sum(int(n) for n in re.findall(r"numgen random mod 100 < \d+ counter packets (\d+)", out))
+
     def heal(self) -> None:
         """No faults at all."""
         self._blocked.clear()
         self.loss_pct = 0
+        self._loss_towards.clear()
         self._apply()
 
     @property
     def active(self) -> bool:
-        return bool(self._blocked) or self.loss_pct > 0
+        return bool(self._blocked) or self.loss_pct > 0 or any(self._loss_towards.values())
 
     def describe(self) -> str:
         cuts = ", ".join(f"{a}->{b}" for a, b in sorted(self._blocked)) or "none"
-        return f"cuts: {cuts}; loss {self.loss_pct}%"
+        towards = "".join(f"; loss {pct}% towards {name}" for name, pct in sorted(self._loss_towards.items()) if pct)
+        return f"cuts: {cuts}; loss {self.loss_pct}%{towards}"
 
     def _apply(self) -> None:
         for host in self.network.hosts.values():
@@ -101,9 +119,10 @@ class NetFaults:
             if dst == host.name:
                 lines.append(f"add rule inet faults input ip saddr {hosts[src].address} drop")
         peers = [h.address for h in hosts.values() if h.name != host.name]
-        if self.loss_pct and peers:
-            lines.append(f"add rule inet faults input ip saddr {{ {', '.join(peers)} }} "
-                         f"numgen random mod 100 < {self.loss_pct} drop")
+        for pct in (self.loss_pct, self._loss_towards.get(host.name, 0)):
+            if pct and peers:
+                lines.append(f"add rule inet faults input ip saddr {{ {', '.join(peers)} }} "
+                             f"numgen random mod 100 < {pct} counter drop")
         return "\n".join(lines) + "\n"
 
 
@@ -261,3 +280,59 @@ class NetCluster(Cluster):
             if self.agents[name].alive:
                 self.resume(name)
         super().close()
+
+
+class CpuStarvation:
+    """One host starved of CPU: ``hogs`` busy loops started in its namespace, and every process
+    and thread there (the agent, its DNS child and prober, listeners) moved onto the same single
+    CPU at niceness ``nice``, so the kernel's fair scheduler gives the host's own work a small
+    share of that CPU (with two hogs at nice 0 and the node at nice 10, about 5%) and makes it
+    wait behind the hogs whenever it wakes. ``stop()`` kills the hogs; the node's processes keep
+    their CPU and niceness (the network's ``close`` ends them). ``run_queue_wait_s(pid)`` says
+    how long a process has waited for a CPU in all, the premise's evidence."""
+
+    def __init__(self, host: Host, *, hogs: int = 2, nice: int = 10, cpu: int | None = None) -> None:
+        self.host, self.nice = host, nice
+        self.cpu = max(os.sched_getaffinity(0)) if cpu is None else cpu
+        self._hogs: list[subprocess.Popen[bytes]] = []
+        self._count = hogs
+
+    def start(self) -> None:
+        cpu = self.cpu
+        for _ in range(self._count):
+            self._hogs.append(subprocess.Popen(self.host.exec_argv(["sh", "-c", "while :; do :; done"]),
+                                               preexec_fn=lambda: os.sched_setaffinity(0, {cpu})))
+        hogs = {p.pid for p in self._hogs}
+        for pid in run("ip", "netns", "pids", self.host.netns).stdout.split():
+            if int(pid) in hogs:
+                continue
+            for tid in _threads(int(pid)):
+                try:
+                    os.sched_setaffinity(tid, {cpu})
+                    os.setpriority(os.PRIO_PROCESS, tid, self.nice)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def stop(self) -> None:
+        for hog in self._hogs:
+            hog.kill()
+            hog.wait()
+        self._hogs.clear()
+
+    @staticmethod
+    def run_queue_wait_s(pid: int) -> float:
+        """Seconds every thread of ``pid`` has spent runnable but waiting for a CPU (schedstat)."""
+        total = 0
+        for tid in _threads(pid):
+            try:
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return total / 1e9
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
