@@ -283,52 +283,70 @@ class NetCluster(Cluster):
 
 
 class CpuStarvation:
-    """One host starved of CPU: ``hogs`` busy loops started in its namespace, and every process
-    and thread there (the agent, its DNS child and prober, listeners) moved onto the same single
-    CPU at niceness ``nice``, so the kernel's fair scheduler gives the host's own work a small
-    share of that CPU (with two hogs at nice 0 and the node at nice 10, about 5%) and makes it
-    wait behind the hogs whenever it wakes. ``stop()`` kills the hogs; the node's processes keep
-    their CPU and niceness (the network's ``close`` ends them). ``run_queue_wait_s(pid)`` says
-    how long a process has waited for a CPU in all, the premise's evidence."""
+    """One host starved of CPU: every process of its namespace (the agent, its DNS child and
+    prober, listeners) moved into a new cgroup limited to ``quota_pct`` percent of one CPU, with
+    ``hogs`` busy loops in the same cgroup that use up that quota. NB: a quota, not niceness: the
+    kernel's fair scheduler runs a mostly idle process at once when it wakes, however nice and
+    however many hogs it competes with, so only throttling makes the node wait (up to most of
+    each 100 ms period). ``stop()`` kills the hogs and moves the node's processes back, and
+    deletes the cgroup. Works with cgroup v2 (``cpu.max``) or v1's cpu controller."""
 
-    def __init__(self, host: Host, *, hogs: int = 2, nice: int = 10, cpu: int | None = None) -> None:
-        self.host, self.nice = host, nice
-        self.cpu = max(os.sched_getaffinity(0)) if cpu is None else cpu
+    PERIOD_US = 100_000
+
+    def __init__(self, host: Host, *, quota_pct: int = 20, hogs: int = 2) -> None:
+        self.host, self.quota_pct, self._count = host, quota_pct, hogs
+        v2 = Path("/sys/fs/cgroup")
+        self._v2 = (v2 / "cgroup.controllers").exists()
+        self._parent = v2 if self._v2 else v2 / "cpu"
+        self.cgroup = self._parent / f"{host.netns}-starved"
         self._hogs: list[subprocess.Popen[bytes]] = []
-        self._count = hogs
 
     def start(self) -> None:
-        cpu = self.cpu
+        self.cgroup.mkdir()
+        quota_us = self.PERIOD_US * self.quota_pct // 100
+        if self._v2:
+            (self.cgroup / "cpu.max").write_text(f"{quota_us} {self.PERIOD_US}\n")
+        else:
+            (self.cgroup / "cpu.cfs_period_us").write_text(f"{self.PERIOD_US}\n")
+            (self.cgroup / "cpu.cfs_quota_us").write_text(f"{quota_us}\n")
+        procs = self.cgroup / "cgroup.procs"
+        for pid in run("ip", "netns", "pids", self.host.netns).stdout.split():
+            _move(procs, int(pid))
         for _ in range(self._count):
             self._hogs.append(subprocess.Popen(self.host.exec_argv(["sh", "-c", "while :; do :; done"]),
-                                               preexec_fn=lambda: os.sched_setaffinity(0, {cpu})))
-        hogs = {p.pid for p in self._hogs}
-        for pid in run("ip", "netns", "pids", self.host.netns).stdout.split():
-            if int(pid) in hogs:
-                continue
-            for tid in _threads(int(pid)):
-                try:
-                    os.sched_setaffinity(tid, {cpu})
-                    os.setpriority(os.PRIO_PROCESS, tid, self.nice)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                                               preexec_fn=lambda: _move(procs, os.getpid())))
 
     def stop(self) -> None:
         for hog in self._hogs:
             hog.kill()
             hog.wait()
         self._hogs.clear()
+        if not self.cgroup.exists():
+            return
+        for pid in (self.cgroup / "cgroup.procs").read_text().split():
+            _move(self._parent / "cgroup.procs", int(pid))
+        self.cgroup.rmdir()
 
     @staticmethod
-    def run_queue_wait_s(pid: int) -> float:
-        """Seconds every thread of ``pid`` has spent runnable but waiting for a CPU (schedstat)."""
-        total = 0
+    def run_queue(pid: int) -> tuple[float, int]:
+        """(seconds spent runnable but waiting for a CPU, times run) summed over every thread
+        of ``pid`` (schedstat): the premise's evidence, as wait per run rises with starvation."""
+        wait_ns = runs = 0
         for tid in _threads(pid):
             try:
-                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+                fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
             except (FileNotFoundError, ProcessLookupError):
-                pass
-        return total / 1e9
+                continue
+            wait_ns, runs = wait_ns + int(fields[1]), runs + int(fields[2])
+        return wait_ns / 1e9, runs
+
+
+def _move(procs: Path, pid: int) -> None:
+    """Move process ``pid`` (all its threads) into the cgroup of ``procs`` (if it still exists)."""
+    try:
+        procs.write_text(f"{pid}\n")
+    except ProcessLookupError:
+        pass
 
 
 def _threads(pid: int) -> list[int]:
