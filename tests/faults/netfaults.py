@@ -302,6 +302,8 @@ class CpuStarvation:
         self._hogs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
+        if self._v2 and "cpu" not in (self._parent / "cgroup.subtree_control").read_text().split():
+            (self._parent / "cgroup.subtree_control").write_text("+cpu\n")
         self.cgroup.mkdir()
         quota_us = self.PERIOD_US * self.quota_pct // 100
         if self._v2:
