@@ -77,35 +77,54 @@ def literal_address(host: str, port: int) -> tuple[int, tuple] | None:
 
 class TcpProbe:
     """One TCP connect to an address literal, driven by loop callbacks: ``done(outcome)`` is
-    called once, from the loop (never from the constructor), unless ``cancel()`` came first."""
+    called once, from the loop (never from the constructor), unless ``cancel()`` came first.
 
-    __slots__ = ("_loop", "_sock", "_timer", "_done", "_timeout_ms")
+    NB: a connect still pending after a third of the timeout gets a second one beside it, and
+    after two thirds a third; the first to complete (connected, refused, ...) decides. The
+    kernel resends a lost SYN only after 1 s, as long as the default timeout, so without this
+    one lost packet fails a probe, and at 10% loss three in a row (a false critical) come about
+    once per thousand probes of a check. A healthy instance answers long before the first
+    retry, so the common path opens one socket, as before."""
+
+    __slots__ = ("_loop", "_family", "_address", "_socks", "_timer", "_retry", "_done", "_timeout_ms")
+
+    ATTEMPTS = 3
 
     def __init__(self, loop: asyncio.AbstractEventLoop, family: int, address: tuple, timeout_ms: int,
                  done: Callable[[Outcome], None]) -> None:
         self._loop, self._done, self._timeout_ms = loop, done, timeout_ms
-        self._timer: asyncio.TimerHandle | None = None
-        self._sock: socket.socket | None = None
+        self._family, self._address = family, address
+        self._timer: asyncio.Handle | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._socks: list[socket.socket] = []
+        if self._attempt():
+            self._timer = loop.call_later(timeout_ms / 1000, self._timed_out)
+
+    def _attempt(self) -> bool:
+        """Start one more connect; False if it finished (or failed) at once, with the outcome due."""
+        self._retry = None
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(self._family, socket.SOCK_STREAM)
         except OSError as exc:
             self._finish_soon(_failure(exc))
-            return
-        self._sock = sock
+            return False
+        self._socks.append(sock)
         sock.setblocking(False)
-        code = sock.connect_ex(address)
-        if code == errno.EINPROGRESS:
-            loop.add_writer(sock.fileno(), self._connected)
-            self._timer = loop.call_later(timeout_ms / 1000, self._timed_out)
-        else:  # NB: on loopback the handshake often completes (or is refused) inside connect
+        code = sock.connect_ex(self._address)
+        if code != errno.EINPROGRESS:  # NB: on loopback the handshake often completes (or is refused) inside connect
             self._finish_soon(_connect_outcome(code))
+            return False
+        self._loop.add_writer(sock.fileno(), self._connected, sock)
+        if len(self._socks) < self.ATTEMPTS:
+            self._retry = self._loop.call_later(self._timeout_ms / 1000 / self.ATTEMPTS, self._attempt)
+        return True
 
     def _finish_soon(self, outcome: Outcome) -> None:
-        self._timer = self._loop.call_soon(self._finish, outcome)  # type: ignore[assignment]
+        self._cancel_timers()
+        self._timer = self._loop.call_soon(self._finish, outcome)
 
-    def _connected(self) -> None:
-        assert self._sock is not None
-        self._finish(_connect_outcome(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+    def _connected(self, sock: socket.socket) -> None:
+        self._finish(_connect_outcome(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
 
     def _timed_out(self) -> None:
         self._finish(Outcome(False, f"timed out after {self._timeout_ms} ms"))
@@ -117,12 +136,16 @@ class TcpProbe:
     def cancel(self) -> None:
         self._close()
 
+    def _cancel_timers(self) -> None:
+        for handle in (self._timer, self._retry):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._retry = None
+
     def _close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        sock, self._sock = self._sock, None
-        if sock is not None:
+        self._cancel_timers()
+        socks, self._socks = self._socks, []
+        for sock in socks:
             self._loop.remove_writer(sock.fileno())
             sock.close()
 

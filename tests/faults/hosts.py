@@ -80,6 +80,10 @@ class Host:
     def nft(self, script: str) -> None:
         run("ip", "netns", "exec", self.netns, "nft", "-f", "-", stdin=script)
 
+    def nft_list(self, what: str) -> str:
+        """``nft list ...`` inside this host (e.g. ``what="list chain inet faults input"``)."""
+        return run("ip", "netns", "exec", self.netns, "nft", *what.split()).stdout
+
 
 @contextmanager
 def _locked() -> Iterator[None]:

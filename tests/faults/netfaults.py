@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
+import subprocess
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.integration.cluster import STOP_TIMEOUT_S, Agent, Cluster
 
-from .hosts import Host, Network
+from .hosts import Host, Network, run
 
 RAFT_PORT, CLIENT_PORT, DNS_PORT = 7001, 7101, 8600  # the same on every host: each has its own address
 
@@ -35,6 +38,7 @@ class NetFaults:
         # Invariant: (a, b) in _blocked means packets from host a never reach host b.
         self._blocked: set[tuple[str, str]] = set()
         self.loss_pct = 0
+        self._loss_towards: dict[str, int] = {}  # host -> percent of its peers' packets it loses
 
     @property
     def names(self) -> list[str]:
@@ -76,19 +80,33 @@ class NetFaults:
         self.loss_pct = pct
         self._apply()
 
+    def loss_towards(self, name: str, pct: int) -> None:
+        """Drop ``pct`` percent of the packets other nodes send to ``name`` (one lossy link
+        into one node; what it sends is not touched), on top of ``loss``."""
+        assert 0 <= pct <= 100
+        self._loss_towards[name] = pct
+        self._apply()
+
+    def dropped(self, name: str) -> int:
+        """Packets the random-loss rules of host ``name`` have dropped since they were last set."""
+        out = self.network.hosts[name].nft_list("list chain inet faults input")
+        return sum(int(n) for n in re.findall(r"numgen random mod 100 < \d+ counter packets (\d+)", out))
+
     def heal(self) -> None:
         """No faults at all."""
         self._blocked.clear()
         self.loss_pct = 0
+        self._loss_towards.clear()
         self._apply()
 
     @property
     def active(self) -> bool:
-        return bool(self._blocked) or self.loss_pct > 0
+        return bool(self._blocked) or self.loss_pct > 0 or any(self._loss_towards.values())
 
     def describe(self) -> str:
         cuts = ", ".join(f"{a}->{b}" for a, b in sorted(self._blocked)) or "none"
-        return f"cuts: {cuts}; loss {self.loss_pct}%"
+        towards = "".join(f"; loss {pct}% towards {name}" for name, pct in sorted(self._loss_towards.items()) if pct)
+        return f"cuts: {cuts}; loss {self.loss_pct}%{towards}"
 
     def _apply(self) -> None:
         for host in self.network.hosts.values():
@@ -101,9 +119,10 @@ class NetFaults:
             if dst == host.name:
                 lines.append(f"add rule inet faults input ip saddr {hosts[src].address} drop")
         peers = [h.address for h in hosts.values() if h.name != host.name]
-        if self.loss_pct and peers:
-            lines.append(f"add rule inet faults input ip saddr {{ {', '.join(peers)} }} "
-                         f"numgen random mod 100 < {self.loss_pct} drop")
+        for pct in (self.loss_pct, self._loss_towards.get(host.name, 0)):
+            if pct and peers:
+                lines.append(f"add rule inet faults input ip saddr {{ {', '.join(peers)} }} "
+                             f"numgen random mod 100 < {pct} counter drop")
         return "\n".join(lines) + "\n"
 
 
@@ -261,3 +280,79 @@ class NetCluster(Cluster):
             if self.agents[name].alive:
                 self.resume(name)
         super().close()
+
+
+class CpuStarvation:
+    """One host starved of CPU: every process of its namespace (the agent, its DNS child and
+    prober, listeners) moved into a new cgroup limited to ``quota_pct`` percent of one CPU, with
+    ``hogs`` busy loops in the same cgroup that use up that quota. NB: a quota, not niceness: the
+    kernel's fair scheduler runs a mostly idle process at once when it wakes, however nice and
+    however many hogs it competes with, so only throttling makes the node wait (up to most of
+    each 100 ms period). ``stop()`` kills the hogs and moves the node's processes back, and
+    deletes the cgroup. Works with cgroup v2 (``cpu.max``) or v1's cpu controller."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, host: Host, *, quota_pct: int = 20, hogs: int = 2) -> None:
+        self.host, self.quota_pct, self._count = host, quota_pct, hogs
+        v2 = Path("/sys/fs/cgroup")
+        self._v2 = (v2 / "cgroup.controllers").exists()
+        self._parent = v2 if self._v2 else v2 / "cpu"
+        self.cgroup = self._parent / f"{host.netns}-starved"
+        self._hogs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        if self._v2 and "cpu" not in (self._parent / "cgroup.subtree_control").read_text().split():
+            (self._parent / "cgroup.subtree_control").write_text("+cpu\n")
+        self.cgroup.mkdir()
+        quota_us = self.PERIOD_US * self.quota_pct // 100
+        if self._v2:
+            (self.cgroup / "cpu.max").write_text(f"{quota_us} {self.PERIOD_US}\n")
+        else:
+            (self.cgroup / "cpu.cfs_period_us").write_text(f"{self.PERIOD_US}\n")
+            (self.cgroup / "cpu.cfs_quota_us").write_text(f"{quota_us}\n")
+        procs = self.cgroup / "cgroup.procs"
+        for pid in run("ip", "netns", "pids", self.host.netns).stdout.split():
+            _move(procs, int(pid))
+        for _ in range(self._count):
+            self._hogs.append(subprocess.Popen(self.host.exec_argv(["sh", "-c", "while :; do :; done"]),
+                                               preexec_fn=lambda: _move(procs, os.getpid())))
+
+    def stop(self) -> None:
+        for hog in self._hogs:
+            hog.kill()
+            hog.wait()
+        self._hogs.clear()
+        if not self.cgroup.exists():
+            return
+        for pid in (self.cgroup / "cgroup.procs").read_text().split():
+            _move(self._parent / "cgroup.procs", int(pid))
+        self.cgroup.rmdir()
+
+    @staticmethod
+    def run_queue(pid: int) -> tuple[float, int]:
+        """(seconds spent runnable but waiting for a CPU, times run) summed over every thread
+        of ``pid`` (schedstat): the premise's evidence, as wait per run rises with starvation."""
+        wait_ns = runs = 0
+        for tid in _threads(pid):
+            try:
+                fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            wait_ns, runs = wait_ns + int(fields[1]), runs + int(fields[2])
+        return wait_ns / 1e9, runs
+
+
+def _move(procs: Path, pid: int) -> None:
+    """Move process ``pid`` (all its threads) into the cgroup of ``procs`` (if it still exists)."""
+    try:
+        procs.write_text(f"{pid}\n")
+    except ProcessLookupError:
+        pass
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []

@@ -10,6 +10,7 @@ everything else with ``SETTLE_S`` deadlines that only a broken prober reaches.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
@@ -26,6 +27,7 @@ import pytest
 
 from registry.catalogue.model import HealthStatus
 from registry.health import Prober, ProberSettings, ProberStartError, ProbeSpec
+from registry.health.probes import Outcome, TcpProbe
 from registry.health.process import CHILD_MODULE
 from registry.health.wire import READY, REPLACE, REPORTS, STATS, UPDATE, FrameReader, decode, encode, encode_spec
 
@@ -178,6 +180,38 @@ def test_hanging_connects_time_out_and_probes_in_flight_are_capped() -> None:
         prober.stop()
         filler.close()
         full.close()
+
+
+def test_a_tcp_probe_whose_first_syn_is_lost_connects_with_a_second_within_its_timeout() -> None:
+    """A lost SYN is resent by the kernel only after 1 s, as long as the default timeout: a probe
+    still connecting after a third of its timeout connects again beside it, so one lost packet
+    does not fail it. Here the first SYN is dropped (a full accept queue), the queue is emptied
+    at once, and the probe connects well before the kernel's resend and its own timeout."""
+    full = socket.socket()
+    full.bind((HOST, 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname(), timeout=SETTLE_S)  # takes the only place
+    timeout_ms = 900
+
+    async def run() -> tuple[Outcome, float, bool]:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[tuple[Outcome, float]] = loop.create_future()
+        started = time.monotonic()
+        TcpProbe(loop, socket.AF_INET, full.getsockname(), timeout_ms,
+                 lambda outcome: got.set_result((outcome, time.monotonic() - started)))
+        await asyncio.sleep(0.1)
+        first_lost = not got.done()  # the premise: the first connect hangs on its dropped SYN
+        filler.close()
+        full.accept()[0].close()
+        return (*await got, first_lost)
+
+    try:
+        outcome, took_s, first_lost = asyncio.run(run())
+    finally:
+        full.close()
+    assert first_lost
+    assert outcome == Outcome(True, "connected")
+    assert took_s < timeout_ms / 1000, f"connected after {took_s:.2f} s: only the kernel's resend did it"
 
 
 def test_replace_update_and_clear(prober: Prober) -> None:
