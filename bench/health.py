@@ -58,7 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cluster import PORT_RANGE, RESERVED_PORTS, LocalCluster  # noqa: E402
-from bench.load import Registrations, error_name, fill, retrying, rotate, run_load  # noqa: E402
+from bench.load import Registrations, fill, retrying, rotate, run_load  # noqa: E402
 from bench.proc import die_with_parent  # noqa: E402
 from bench.script import (  # noqa: E402
     add_options, bench_root, fsync_probe, loadavg, machine_info, main_frame, new_parser, num, print_header, reporter,
