@@ -51,6 +51,7 @@ from .health import (
     register_entry,
     transition_entry,
 )
+from .mutants import MUTANTS
 from .network import NetworkFaults, Packet, SimNetwork
 
 STEPS_PER_TICK = 5  # message latency is 1-3 steps: a round trip is about one tick
@@ -805,14 +806,12 @@ class Simulation:
 def run(seed: int, *, nodes: int = 3, mutant: str | None = None,
         trace: Callable[[str], None] | None = None) -> SimResult:
     """Run one seeded simulation to the end and report what it found."""
-    from .mutants import MUTANTS as _MUTANTS
-
     raft_class: type[Raft] = Raft
     tracker_class: type[HealthTracker] = HealthTracker
     if mutant is not None:
-        if mutant not in _MUTANTS:
-            raise ValueError(f"unknown mutant {mutant!r}; accepted: {', '.join(sorted(_MUTANTS))}")
-        broken = _MUTANTS[mutant][0]
+        if mutant not in MUTANTS:
+            raise ValueError(f"unknown mutant {mutant!r}; accepted: {', '.join(sorted(MUTANTS))}")
+        broken = MUTANTS[mutant][0]
         if issubclass(broken, Raft):
             raft_class = broken
         else:
