@@ -31,10 +31,16 @@ __all__ = ["TransportStats", "ZmqTransport"]
 
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1_000
-# ZMTP heartbeats: a peer that vanished without closing its TCP connection (host crash, cable)
-# is noticed within the timeout, and sends to it then fail fast instead of filling the queue.
+# ZMTP heartbeats on the DEALERs only: a peer that vanished without closing its TCP connection
+# (host crash, cable) is noticed within the timeout, and sends to it then fail fast instead of
+# filling the queue. The ROUTER must not send them: see _bind.
 HEARTBEAT_IVL_MS = 1_000
 HEARTBEAT_TIMEOUT_MS = 3_000
+# TCP keepalive on the ROUTER instead: the kernel reaps an inbound connection whose peer vanished
+# after KEEPALIVE_IDLE_S + KEEPALIVE_COUNT * KEEPALIVE_INTVL_S of silence (6 s).
+KEEPALIVE_IDLE_S = 3
+KEEPALIVE_INTVL_S = 1
+KEEPALIVE_COUNT = 3
 
 _ZERO_COPY_BYTES = 64 * 1024
 _MONITOR_EVENTS = (
@@ -134,8 +140,15 @@ class ZmqTransport:
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         router.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes)
         router.setsockopt(zmq.RCVHWM, hwm)
-        router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        # NB: no ZMTP heartbeats here. libzmq 4.3.5 aborts the process (`!_io_error`,
+        # stream_engine_base.cpp:310; libzmq issues #4364, #4767) when a connection that lost its
+        # identity to a reconnecting peer (ROUTER_HANDOVER) receives one more frame, is then reset,
+        # and its heartbeat timer fires. The DEALERs' heartbeats still detect dead peers; TCP
+        # keepalive closes inbound connections whose peer vanished (docs/ARCHITECTURE.md, transport).
+        router.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        router.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+        router.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+        router.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_COUNT)
         router.setsockopt(zmq.IPV6, _wants_ipv6(host))
         try:
             router.bind(zmq_endpoint(host, port))
