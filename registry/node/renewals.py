@@ -53,6 +53,9 @@ class Raw(Protocol):
 class Reads(Protocol):
     def read(self, caller: Caller | None, answer: Callable[[Caller | None], None], now: float) -> None: ...
 
+    def read_applied(self, caller: Caller | None, answer: Callable[[Caller | None], None], index: int,
+                     applied_index: int, now: float) -> None: ...
+
 
 class Tracker(Protocol):
     """The leader's health room, as seen from here."""
@@ -125,11 +128,7 @@ class Renewals:
         item = (instance_id, service)
         status = self._raw.basic_status()
         if status.role is Role.LEADER:
-            if self._lease_ok(now):
-                self.counts.by_lease += 1
-                self._reply(caller, self._answer_one(item, now))
-            else:
-                self._reads.read(caller, lambda done: self._reply(done, self._answer_one(item, now)), now)
+            self._confirm(caller, lambda done: self._reply(done, self._answer_one(item, now)), 1, status, now)
             return
         token = next(self._tokens)
         self._waiting[token] = _Relayed(caller, item, now + self._timeout_s)
@@ -170,11 +169,7 @@ class Renewals:
             self._forward(source, ForwardOp.PASS_REPLY,
                           msgpack.packb([batch_id, [_encode_result(t, r) for t, r in zip(tokens, results)]]))
 
-        if self._lease_ok(now):
-            self.counts.by_lease += len(renewals)
-            answer(None)
-        else:
-            self._reads.read(None, answer, now)
+        self._confirm(None, answer, len(renewals), status, now)
 
     def _on_reply(self, source: NodeId, payload: bytes, now: float) -> None:
         try:
@@ -283,9 +278,15 @@ class Renewals:
 
     # -- answering -------------------------------------------------------------------------------
 
-    def _lease_ok(self, now: float) -> bool:
-        return (now >= self._distrust_until and self._raw.has_lease()
-                and self._replica.applied_index >= self._raw.basic_status().commit_index)
+    def _confirm(self, caller: Caller | None, answer: Callable[[Caller | None], None], renewals: int, status: Any,
+                 now: float) -> None:
+        """Run ``answer`` once this leader's applied state is known current: under its lease, as
+        soon as it has applied its commit index (at once, nearly always); else after a read index."""
+        if now >= self._distrust_until and self._raw.has_lease():
+            self.counts.by_lease += renewals
+            self._reads.read_applied(caller, answer, int(status.commit_index), self._replica.applied_index, now)
+        else:
+            self._reads.read(caller, answer, now)
 
     def _is_legacy(self, status: Any) -> bool:
         return self._legacy == (status.leader_id, int(status.term))

@@ -129,6 +129,17 @@ class Requests:
         read = _Read(caller, answer, now + self._timeout_s)
         self._ask(read, now)
 
+    def read_applied(self, caller: Caller | None, answer: Callable[[Caller | None], None], index: int,
+                     applied_index: int, now: float) -> None:
+        """Run ``answer(caller)`` once this node has applied ``index``, a read index the caller
+        confirmed itself (the leader's commit index under its lease): no read-index round."""
+        if applied_index >= index:
+            answer(caller)
+            return
+        context = next(self._contexts).to_bytes(8, "big")
+        self._reads[context] = _Read(caller, answer, now + self._timeout_s, index=index)
+        self._waiting_apply.append((index, context))
+
     # -- what the loop reports -------------------------------------------------------------------
 
     def on_applied(self, applied: Applied) -> None:

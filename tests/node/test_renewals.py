@@ -47,10 +47,18 @@ class World:
     forwards: list[tuple[int, ForwardOp, bytes]] = field(default_factory=list)
     replies: list[tuple[bytes, int, dict[str, Any]]] = field(default_factory=list)
     errors: list[tuple[bytes, int, str]] = field(default_factory=list)
+    waiting_apply: list[tuple[int, Caller | None, Callable[[Caller | None], None]]] = field(default_factory=list)
     leading: bool = True
 
     def read(self, caller: Caller | None, answer: Callable[[Caller | None], None], now: float) -> None:
         self.reads.append((caller, answer))
+
+    def read_applied(self, caller: Caller | None, answer: Callable[[Caller | None], None], index: int,
+                     applied_index: int, now: float) -> None:
+        if applied_index >= index:
+            answer(caller)
+        else:
+            self.waiting_apply.append((index, caller, answer))
 
     def confirm_reads(self) -> None:
         reads, self.reads = self.reads, []
@@ -123,10 +131,12 @@ def test_without_a_lease_the_leader_waits_for_a_read_index() -> None:
     assert room.counts.by_lease == 0
 
 
-def test_a_lease_with_the_commit_index_not_yet_applied_waits_for_a_read_index() -> None:
+def test_under_a_lease_a_commit_index_not_yet_applied_is_waited_for_without_a_read_index() -> None:
     room, world, _ = node(commit=3)  # the replica applied 2
     room.renew(caller(1), "j", "job", 0.0)
-    assert len(world.reads) == 1 and world.replies == []
+    assert world.reads == [] and world.replies == []
+    assert [(index, c) for index, c, _ in world.waiting_apply] == [(3, caller(1))]
+    assert room.counts.by_lease == 1
 
 
 def test_after_a_stall_the_lease_is_distrusted_for_an_election_timeout() -> None:
