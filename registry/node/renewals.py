@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 
@@ -65,6 +65,7 @@ class Tracker(Protocol):
 
 Forwarder = Callable[[NodeId, ForwardOp, bytes], None]
 Item = tuple[str, str | None]  # (instance id, service or None)
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -149,10 +150,7 @@ class Renewals:
 
     def _on_batch(self, source: NodeId, payload: bytes, now: float) -> None:
         try:
-            batch_id, items = msgpack.unpackb(payload, raw=False, use_list=True)
-            if type(batch_id) is not int or type(items) is not list or len(items) > MAX_BATCH:
-                raise ValueError("not [batch id, items]")
-            parsed = [_item(entry) for entry in items]
+            batch_id, parsed = _unpack(payload, _item)
         except Exception:  # msgpack raises several types for garbage
             self.counts.dropped += 1
             return
@@ -173,10 +171,7 @@ class Renewals:
 
     def _on_reply(self, source: NodeId, payload: bytes, now: float) -> None:
         try:
-            batch_id, results = msgpack.unpackb(payload, raw=False, use_list=True)
-            if type(batch_id) is not int or type(results) is not list or len(results) > MAX_BATCH:
-                raise ValueError("not [batch id, results]")
-            decoded = [_decode_result(r) for r in results]
+            batch_id, decoded = _unpack(payload, _decode_result)
         except Exception:
             self.counts.dropped += 1
             return
@@ -258,8 +253,8 @@ class Renewals:
 
     def next_due(self) -> float | None:
         """When ``flush`` may next send a waiting batch (None: nothing waits for the gap)."""
-        if not self._queue or self._inflight is not None:
-            return None
+        if not self._queue or self._inflight is not None or not self._raw.basic_status().leader_id:
+            return None  # NB: with no leader known, they wait for a tick (no busy loop)
         return self._last_sent + MIN_GAP_S
 
     def fail_all(self, code: str, message: str) -> int:
@@ -342,6 +337,14 @@ class Renewals:
         if instance.check is None or instance.check.kind is not CheckKind.TTL:
             return Failure("invalid", f"instance {instance.service}/{instance.id} has no TTL check to renew")
         return instance
+
+
+def _unpack(payload: bytes, each: Callable[[Any], _T]) -> tuple[int, list[_T]]:
+    """[batch id, [entry, ...]] of a PASS or PASS_REPLY, each entry checked by ``each``."""
+    batch_id, entries = msgpack.unpackb(payload, raw=False, use_list=True)
+    if type(batch_id) is not int or type(entries) is not list or len(entries) > MAX_BATCH:
+        raise ValueError("not [batch id, entries]")
+    return batch_id, [each(entry) for entry in entries]
 
 
 def _item(entry: Any) -> tuple[int, Item]:

@@ -262,6 +262,7 @@ def test_a_node_elected_with_renewals_waiting_answers_them_itself() -> None:
     room, world, fake = node(Role.FOLLOWER, node_id=2, leader=0)  # no leader known: they wait
     room.renew(caller(1), "j", "job", 0.0)
     assert world.forwards == [] and room.status()["pending"] == 1
+    assert room.next_due() is None  # the loop does not spin while no leader is known
     fake.role, fake.leader, world.leading = Role.LEADER, 2, True
     room.flush(0.1)
     assert world.replies[0][2]["instance_id"] == "j" and world.renewed == [("job", "j")]
