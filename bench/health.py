@@ -2,8 +2,8 @@
 many TTL instances costs Raft, measured side by side with the same cluster without them
 (issue 14, point 6).
 
-    .venv/bin/python -m bench.health [--tcp 10000] [--ttl 1000] [--interval 10] [--rounds 2]
-                                     [--idle 5] [--seconds 10] [--json] [--keep]
+    .venv/bin/python -m bench.health [--tcp 10000] [--ttl 1000] [--interval 10] [--rounds 3]
+                                     [--idle 10] [--seconds 15] [--generators-nice 19] [--json] [--keep]
     .venv/bin/python -m bench.health --quick         # 2,000 TCP checks, 200 TTL instances
     .venv/bin/python -m bench.health --show result.json
 
@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import itertools
 import multiprocessing as mp
+import os
 import random
 import selectors
 import signal
@@ -84,11 +85,12 @@ progress = reporter("health")
 # The helper processes: a listener the TCP checks reach, and the TTL renewer
 
 
-def _listener(addresses: list[str], ready: Any, stop: Any, deadline_s: float) -> None:
+def _listener(addresses: list[str], nice: int, ready: Any, stop: Any, deadline_s: float) -> None:
     """Binds one port free on every address, says it on ``ready``, then accepts and closes every
     connection until ``stop`` is set, its parent dies, or ``deadline_s`` passes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
+    os.nice(nice)
     rng = random.Random()
     socks: list[socket.socket] = []
     for _ in range(200):
@@ -154,12 +156,13 @@ def _renew(servers: list[str], k: int, ids: list[tuple[str, str]], stop: Any, co
             ok = failed = late = 0
 
 
-def _renewer(servers: list[str], ids: list[tuple[str, str]], threads: int, counts: Any, ready: Any, stop: Any,
-             deadline_s: float) -> None:
+def _renewer(servers: list[str], ids: list[tuple[str, str]], threads: int, counts: Any, nice: int, ready: Any,
+             stop: Any, deadline_s: float) -> None:
     """The renewer process: ``threads`` threads sharing ``ids``; stops on ``stop``, when its
     parent dies, or after ``deadline_s``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
+    os.nice(nice)
     pool = [threading.Thread(target=_renew, args=(servers, k, ids[k::threads], stop, counts), daemon=True)
             for k in range(threads)]
     for t in pool:
@@ -384,8 +387,14 @@ def phase(cluster: LocalCluster, nodes: Nodes, leader: str, pids: dict[str, int]
     row["transitions"] = counter(s2[leader], "transitions_proposed") - counter(s0[leader], "transitions_proposed")
     span = t2 - t0
     row["heartbeats_per_s"] = round((counter(s2[leader], "heartbeats") - counter(s0[leader], "heartbeats")) / span, 1)
-    row["forwarded_per_s"] = round(sum(counter(s2[n], "forwarded") - counter(s0[n], "forwarded")
+    row["forwarded_per_s"] = round(sum(counter(s2[n], "renewals", "forwarded") - counter(s0[n], "renewals", "forwarded")
                                        for n in cluster.names if n != leader) / span, 1)
+    row["batches_per_s"] = round(sum(counter(s2[n], "renewals", "batches") - counter(s0[n], "renewals", "batches")
+                                     for n in cluster.names if n != leader) / span, 1)
+    row["by_lease_per_s"] = round((counter(s2[leader], "renewals", "by_lease")
+                                   - counter(s0[leader], "renewals", "by_lease")) / span, 1)
+    row["renewals_dropped"] = sum(counter(s2[n], "renewals", "dropped") - counter(s0[n], "renewals", "dropped")
+                                  for n in cluster.names)
     row["probes_per_s"] = round((counter(s2[leader], "prober", "probes") - counter(s0[leader], "prober", "probes"))
                                 / span, 1)
     row["probe_failures"] = (counter(s2[leader], "prober", "failed") - counter(s0[leader], "prober", "failed"))
@@ -429,14 +438,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"tcp": args.tcp, "ttl": args.ttl, "interval_s": args.interval, "timeout_s": args.timeout,
                    "ttl_ms": args.ttl_ms, "renewers": args.renewers, "renew_period_s": RENEW_PERIOD_S,
                    "addresses": args.addresses, "rounds": args.rounds, "idle_s": args.idle,
-                   "seconds": args.seconds, "poll_s": args.poll, "agent_args": args.agent_arg},
+                   "seconds": args.seconds, "poll_s": args.poll, "agent_args": args.agent_arg,
+                   "generators_nice": args.generators_nice},
         "flips": [], "rounds": [],
     }
     progress("disk: 1 s of durable LMDB commits (bench/storage.py)")
     result["disk_before"] = fsync_probe(root)
     # Bounded: every helper stops by itself after this long, even if we hang.
     life_s = 600.0 + args.rounds * (args.idle + args.seconds + 4 * args.interval + 120)
-    listener = Helper(_listener, addresses, deadline_s=life_s)
+    listener = Helper(_listener, addresses, args.generators_nice, deadline_s=life_s)
     counts = CTX.Array("q", 3)  # the renewer's heartbeats: ok, failed, late rounds
     renewer: Helper | None = None
     nodes: Nodes | None = None
@@ -462,7 +472,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     if kind != state:
                         if kind == "on":
                             renewer = Helper(_renewer, cluster.servers, [(s, i) for s, i, _, _ in ttl],
-                                             args.renewers, counts, deadline_s=life_s)
+                                             args.renewers, counts, args.generators_nice, deadline_s=life_s)
                             renewer.start()
                             f = register_all(cluster.servers, ttl, check_ttl, "TTL checks on")
                             g = register_all(cluster.servers, tcp, check_tcp, "TCP checks on")
@@ -538,11 +548,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 m[f"{window}_cpu_{who}"] = _median([r[window]["cpu_pct"][who] for r in rs])
             for key in ("follower_p50_ms", "follower_p99_ms", "follower_max_ms", "leader_view_p99_ms"):
                 m[f"{window}_contact_{key}"] = _median([r[window]["contact"][key] for r in rs])
-        for key in ("heartbeats_per_s", "forwarded_per_s", "probes_per_s"):
+        for key in ("heartbeats_per_s", "forwarded_per_s", "batches_per_s", "by_lease_per_s", "probes_per_s"):
             m[key] = _median([r[key] for r in rs])
         m["entries"] = [r.get("entries") for r in rs]
         m["transitions"] = [r["transitions"] for r in rs]
         m["elections"] = sum(r["elections"] for r in rs)
+        m["renewals_dropped"] = sum(r.get("renewals_dropped", 0) for r in rs)
         m["probe_failures"] = sum(r["probe_failures"] for r in rs)
         m["renewer_failed"] = sum((r.get("renewer") or {}).get("failed", 0) for r in rs)
         m["renewer_late_rounds"] = sum((r.get("renewer") or {}).get("late_rounds", 0) for r in rs)
@@ -552,7 +563,21 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["ratio_p99"] = _median([r.get("ratio_p99_ms") for r in on])
     out["ratio_p50_rounds"] = [r.get("ratio_p50_ms") for r in on]
     out["ratio_p99_rounds"] = [r.get("ratio_p99_ms") for r in on]
+    out["cpu_per_renewal_ms"] = cpu_per_renewal(out["off"], out["on"])
     return out
+
+
+def cpu_per_renewal(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
+    """The CPU the checks added (on minus off, idle windows) per renewal, in ms: the leader's per
+    renewal its tracker took (it also handles the probes' reports: an upper bound), the
+    followers' (summed) per renewal they relayed."""
+    def per(cpu_on: Any, cpu_off: Any, rate: Any) -> float | None:
+        if None in (cpu_on, cpu_off) or not rate:
+            return None
+        return round((cpu_on - cpu_off) * 10 / rate, 3)  # % of a core -> ms per second, per renewal
+
+    return {"leader": per(on.get("idle_cpu_leader"), off.get("idle_cpu_leader"), on.get("heartbeats_per_s")),
+            "followers": per(on.get("idle_cpu_followers"), off.get("idle_cpu_followers"), on.get("forwarded_per_s"))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,7 +609,10 @@ def print_table(r: dict[str, Any]) -> None:
                        ("last contact p50 ms (idle)", "idle_contact_follower_p50_ms"),
                        ("last contact p99 ms (idle)", "idle_contact_follower_p99_ms"),
                        ("last contact p99 ms (writes)", "writes_contact_follower_p99_ms"),
-                       ("heartbeats/s at the leader", "heartbeats_per_s"), ("probes/s", "probes_per_s")):
+                       ("heartbeats/s at the leader", "heartbeats_per_s"),
+                       ("  of which under its lease/s", "by_lease_per_s"),
+                       ("relayed by followers/s", "forwarded_per_s"), ("PASS batches/s", "batches_per_s"),
+                       ("probes/s", "probes_per_s")):
         print(f"{label:<28} {num(off.get(key)):>10} {num(on.get(key)):>10}")
     print(f"{'entries beyond the writes':<28} {str(off['entries']):>10} {str(on['entries']):>10}")
     print(f"{'transitions proposed':<28} {str(off['transitions']):>10} {str(on['transitions']):>10}")
@@ -592,6 +620,10 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"\nratio on/off, side by side: p50 {num(s['ratio_p50'], '.3f')} (rounds {s['ratio_p50_rounds']}), "
           f"p99 {num(s['ratio_p99'], '.3f')} (rounds {s['ratio_p99_rounds']}); target <= {TARGET_RATIO}: "
           f"{'met' if ok else 'MISSED'}")
+    per = s.get("cpu_per_renewal_ms") or {}
+    print(f"CPU added per renewal (idle windows, on - off): leader {num(per.get('leader'), '.3f')} ms, "
+          f"followers {num(per.get('followers'), '.3f')} ms per relayed renewal; renewals dropped "
+          f"{on.get('renewals_dropped', '-')}")
     entries = [e for e in on["entries"] if e is not None]
     print(f"Raft entries in the steady state beyond the benchmark's writes: {entries}; target 0: "
           f"{'met' if entries and not any(entries) else 'MISSED'}; elections {off['elections'] + on['elections']}, "
@@ -616,6 +648,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of each idle window (default 10)")
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds of each write window (default 15)")
     parser.add_argument("--poll", type=float, default=0.1, help="status poll period in s (default 0.1)")
+    parser.add_argument("--generators-nice", type=int, default=0, metavar="N",
+                        help="run the load generators (the renewer and the listener) at nice level N, so that "
+                             "they disturb the measured cluster less (default 0; 19 is the lowest priority)")
     add_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -625,10 +660,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not (0 <= args.tcp <= 50_000 and 0 <= args.ttl <= 10_000 and 1 <= args.rounds <= 20
             and 1 <= args.addresses <= 254 and 1 <= args.renewers <= 200 and args.idle > 0 and args.seconds > 0
             and 0.02 <= args.poll <= 5 and 1 <= args.interval <= 3600 and 0.1 <= args.timeout <= args.interval
-            and 1000 <= args.ttl_ms):
+            and 1000 <= args.ttl_ms and 0 <= args.generators_nice <= 19):
         parser.error("accepted: --tcp 0-50000, --ttl 0-10000, --rounds 1-20, --addresses 1-254, --renewers 1-200, "
                      "--idle and --seconds > 0, --poll 0.02-5, --interval 1-3600, --timeout 0.1..interval, "
-                     "--ttl-ms >= 1000")
+                     "--ttl-ms >= 1000, --generators-nice 0-19")
     return args
 
 

@@ -3,8 +3,8 @@
 Only the leader acts. It keeps a ``HealthTracker`` (TTL and deregister-after clocks, restarted
 at its election) and feeds the prober child the active checks; heartbeats and probe results
 stay in memory, and only transitions become log entries, proposed through ``Requests`` under
-the internal client id ``~health`` (docs/health.md). A follower that receives a heartbeat
-forwards it to the leader (``ForwardOp.HEARTBEAT``): no Raft write, no fsync.
+the internal client id ``~health`` (docs/health.md). Renewals reach it through the renewals
+room (``renewals.Renewals``), which relays a follower's to the leader: no Raft write, no fsync.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
-
 from registry.catalogue import (
     ALL_TOUCHED,
     HEALTH_CLIENT_ID,
     Applied,
     Deregister,
-    Instance,
     Request,
     SetHealth,
     encode_request,
@@ -29,13 +26,11 @@ from registry.catalogue import (
 )
 from registry.catalogue.tracker import HealthTracker, Transition
 from registry.health import ProbeReport, Prober, probe_spec
-from registry.raft import NodeId, RawNode, Role
-from registry.transport import ForwardOp
+from registry.raft import RawNode, Role
 
 from .replica import Replica
 from .requests import Requests
 
-MAX_HEARTBEAT_BYTES = 1024
 #: A gap this long between two ticks means this process stood still (SIGSTOP, a swapped-out or
 #: starved machine): renewals may be waiting unread, so every clock restarts as at an election.
 STALL_S = 1.0
@@ -45,13 +40,12 @@ class HealthRoom:
     """Invariant: the tracker leads and the prober probes exactly while this node is leader."""
 
     def __init__(self, *, raw: RawNode, replica: Replica, requests: Requests, prober: Prober | None,
-                 forward: Callable[[NodeId, ForwardOp, bytes], None], log: logging.LoggerAdapter,
+                 log: logging.LoggerAdapter,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self._raw = raw
         self._replica = replica
         self._requests = requests
         self.prober = prober
-        self._forward = forward
         self._log = log
         self._clock = clock
         self._wall = wall
@@ -65,10 +59,8 @@ class HealthRoom:
         # never O(catalogue) on its loop (that stalled leaders past an election timeout).
         self._checked: set[tuple[str, str]] = set()
         self.rebuild()
-        self.heartbeats = 0
-        self.forwarded = 0
+        self.heartbeats = 0  # renewals the tracker took as leader
         self.proposed = 0
-        self.dropped_heartbeats = 0
 
     # -- leadership ------------------------------------------------------------------------------
 
@@ -132,30 +124,14 @@ class HealthRoom:
 
     # -- news ------------------------------------------------------------------------------------
 
-    def heartbeat(self, instance: Instance) -> None:
-        """A client renewed this TTL instance (its existence was read linearizably)."""
-        now = self._clock()
+    def renew(self, service: str, instance_id: str, now: float) -> bool:
+        """A TTL renewal whose instance was confirmed in committed state (registry/node/renewals.py);
+        returns whether this node's tracker took it (it leads)."""
+        if not self.tracker.leading:
+            return False
         self.heartbeats += 1
-        if self.tracker.leading:
-            self._propose(self.tracker.heartbeat(instance.service, instance.id, _ms(now), _ms(self._wall())), now)
-            return
-        leader = self._raw.basic_status().leader_id
-        if leader:
-            self._forward(leader, ForwardOp.HEARTBEAT, msgpack.packb([instance.service, instance.id]))
-            self.forwarded += 1
-
-    def forwarded_heartbeat(self, payload: bytes, now: float) -> None:
-        """A follower passed on a heartbeat. Malformed ones are dropped and counted."""
-        try:
-            service, instance_id = msgpack.unpackb(payload, raw=False)
-            if not isinstance(service, str) or not isinstance(instance_id, str):
-                raise ValueError("not two strings")
-        except Exception:  # msgpack raises several types for garbage
-            self.dropped_heartbeats += 1
-            return
-        self.heartbeats += 1
-        if self.tracker.leading:
-            self._propose(self.tracker.heartbeat(service, instance_id, _ms(now), _ms(self._wall())), now)
+        self._propose(self.tracker.heartbeat(service, instance_id, _ms(now), _ms(self._wall())), now)
+        return True
 
     def on_prober_readable(self, now: float) -> None:
         if self.prober is None:
@@ -204,8 +180,7 @@ class HealthRoom:
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"leading": self.tracker.leading, "tracked": len(self.tracker),
-                               "heartbeats": self.heartbeats, "forwarded": self.forwarded,
-                               "transitions_proposed": self.proposed, "dropped_heartbeats": self.dropped_heartbeats,
+                               "heartbeats": self.heartbeats, "transitions_proposed": self.proposed,
                                "stalls": self.stalls}
         if self.prober is not None:
             out["prober"] = self.prober.stats()

@@ -9,7 +9,8 @@ apply (the replica, then the DNS child), advance. The rooms:
 - ``replica.Replica``: the catalogue and its applied term;
 - ``status``: `registry status`, systemd's STATUS=, the DNS child's staleness input;
 - ``snapshotter.Snapshotter``: the node's own snapshots, off the loop;
-- ``health.HealthRoom``: TTL heartbeats, the prober child, the leader's health transitions.
+- ``health.HealthRoom``: TTL clocks, the prober child, the leader's health transitions;
+- ``renewals.Renewals``: TTL renewals, answered under the leader lease or relayed to the leader.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ from registry_dns.settings import DnsSettings
 
 from .client_api import MAX_RESTORE_REQUEST_BYTES, ClientServer
 from .config import NodeConfig
-from .health import MAX_HEARTBEAT_BYTES, HealthRoom
+from .health import HealthRoom
 from .ops import ClientOps, render
+from .renewals import MAX_PASS_BYTES, MAX_PASS_REPLY_BYTES, Renewals
 from .replica import Replica
 from .requests import Requests
 from .sdnotify import Notifier, watchdog_interval_s
@@ -61,7 +63,10 @@ MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
 #: deregister stays far below the first; a restore carries a whole catalogue. The catalogue still
 #: checks every entry when it applies it; this only bounds what a peer can make a leader log.
 MAX_FORWARD_BYTES = {ForwardOp.WRITE: 128 * 1024, ForwardOp.RESTORE: MAX_RESTORE_REQUEST_BYTES,
-                     ForwardOp.HEARTBEAT: MAX_HEARTBEAT_BYTES}
+                     ForwardOp.HEARTBEAT: 1024, ForwardOp.PASS: MAX_PASS_BYTES,
+                     ForwardOp.PASS_REPLY: MAX_PASS_REPLY_BYTES}
+#: Forwards that are not proposals: the renewals room's.
+RENEWAL_OPS = frozenset({ForwardOp.HEARTBEAT, ForwardOp.PASS, ForwardOp.PASS_REPLY})
 # NB: every second the young generations are collected and the survivors frozen (gc.freeze):
 # the Raft log (one tracked object per entry) and the catalogue (a few per instance) reach
 # millions of long-lived, acyclic objects, and a full cyclic collection over them took 0.36-0.42 s
@@ -130,7 +135,8 @@ class Node:
             self.status = StatusReport(config=config, names=self.names, raw=raw, replica=self.replica,
                                        storage=self.storage, snapshots=self.snapshots, stats=self.stats,
                                        dns=lambda: self.dns, clock=clock,
-                                       sections={"health": lambda: self.health.status()})
+                                       sections={"health": lambda: {**self.health.status(),
+                                                                    "renewals": self.renewals.status()}})
             snapshot_ops = SnapshotOps(requests=self.requests, replica=self.replica, raw=raw, replies=client,
                                        request_timeout_s=config.request_timeout_s)
             # NB: probes run in a child process, never on this loop: a slow or hanging probe cannot
@@ -138,9 +144,11 @@ class Node:
             self.prober = Prober(ProberSettings(), logger=logging.getLogger("registry.health"))
             self.prober.start(timeout_s=10)
             self.health = HealthRoom(raw=raw, replica=self.replica, requests=self.requests, prober=self.prober,
-                                     forward=self._forward, log=self.log, clock=clock)
+                                     log=self.log, clock=clock)
+            self.renewals = Renewals(raw=raw, replica=self.replica, reads=self.requests, tracker=self.health,
+                                     forward=self._forward, replies=client, timeout_s=config.request_timeout_s)
             self.ops = ClientOps(requests=self.requests, replica=self.replica, replies=client,
-                                 snapshots=snapshot_ops, health=self.health, status=self.status)
+                                 snapshots=snapshot_ops, renewals=self.renewals, status=self.status)
             # NB: DNS runs in a child process with its own catalogue replica, fed every committed
             # entry, so DNS load and Raft work never compete for one interpreter (docs/ARCHITECTURE.md).
             self.dns = DnsProcess(DnsSettings(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
@@ -190,13 +198,21 @@ class Node:
         next_freeze = self.clock() + GC_FREEZE_INTERVAL_S
         try:
             while not self._stop_requested and not (until is not None and until()):
-                timeout_ms = max(0.0, (min(next_tick, next_ping) - self.clock()) * 1000)
+                wake = min(next_tick, next_ping)
+                batch_due = self.renewals.next_due()
+                if batch_due is not None:
+                    wake = min(wake, batch_due)
+                timeout_ms = max(0.0, (wake - self.clock()) * 1000)
                 if raw.has_ready():
                     timeout_ms = 0
                 if snapshots.running:
                     timeout_ms = min(timeout_ms, 10.0)  # notice the thread's end soon
                 events = dict(poller.poll(timeout_ms))
                 busy_from = time.perf_counter()
+                if self.clock() - next_tick >= interval:
+                    # Two ticks or more are late: the core's tick count lags the clock, and so
+                    # would the lease, until rounds sent from now on replace it.
+                    self.renewals.note_stall(self.clock(), self.config.election_ticks * interval)
                 if self.transport.socket in events:
                     self._receive_raft()
                 if self.client.socket in events:
@@ -214,6 +230,7 @@ class Node:
                         raw.tick()
                     next_tick = max(next_tick + behind * interval, now + interval / 2)
                     self.requests.tick(now)
+                    self.renewals.tick(now)
                     self.health.tick(now)
                     self._tell_dns_leader_contact(now)
                     if not snapshots.running:
@@ -222,6 +239,7 @@ class Node:
                         gc.collect(1)
                         freeze_heap()
                         next_freeze = now + GC_FREEZE_INTERVAL_S
+                self.renewals.flush(now)  # renewals relayed in a batch, at most one per MIN_GAP_S
                 self._handle_ready()
                 snapshots.maybe_finish(raw)
                 snapshots.maybe_start(self.replica.catalogue, self.replica.applied_term, raw.membership)
@@ -232,6 +250,7 @@ class Node:
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping")
         writes, reads = self.requests.fail_all("stopping", "the node is shutting down; retry another")
+        reads += self.renewals.fail_all("stopping", "the node is shutting down; retry another")
         self.log.info("stopping: answered %d pending writes and %d reads with 'stopping'", writes, reads)
         self.close()
         self.log.info("stopped")
@@ -278,8 +297,8 @@ class Node:
             self.log.warning("dropped a forwarded %s of %d bytes from %s: over the limit of %d", message.op.name,
                              len(message.payload), self.names.get(message.source), MAX_FORWARD_BYTES[message.op])
             return
-        if message.op is ForwardOp.HEARTBEAT:
-            self.health.forwarded_heartbeat(message.payload, self.clock())
+        if message.op in RENEWAL_OPS:
+            self.renewals.on_forward(message.source, message.op, message.payload, self.clock())
             return
         try:
             self.raw.propose(message.payload)

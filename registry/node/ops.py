@@ -14,7 +14,6 @@ from typing import Any
 from registry.catalogue import (
     Applied,
     Check,
-    CheckKind,
     Deregister,
     Deregistered,
     HealthSet,
@@ -31,7 +30,7 @@ from registry.catalogue import (
 )
 
 from .client_api import ClientRequest
-from .health import HealthRoom
+from .renewals import Renewals
 from .replica import Replica
 from .requests import Caller, Failure, Outcome, Replies, Requests
 from .snapshot_ops import SnapshotOps, restored_reply
@@ -41,12 +40,12 @@ class ClientOps:
     """Dispatch of the client protocol's operations (docs/client-protocol.md)."""
 
     def __init__(self, *, requests: Requests, replica: Replica, replies: Replies, snapshots: SnapshotOps,
-                 health: HealthRoom, status: Callable[[], dict[str, Any]],
+                 renewals: Renewals, status: Callable[[], dict[str, Any]],
                  wall: Callable[[], float] = time.time) -> None:
         self._requests = requests
         self._replica = replica
         self._replies = replies
-        self._health = health
+        self._renewals = renewals
         self._status = status
         self._wall = wall
         self._handlers: dict[str, Callable[[ClientRequest, float], None]] = {
@@ -92,37 +91,12 @@ class ClientOps:
         self._replies.reply(caller.identity, caller.request_id, {"index": view.applied_index, "services": services})
 
     def _pass(self, request: ClientRequest, now: float) -> None:
-        """A TTL heartbeat: linearizably check that the instance exists, then renew it (the leader's
-        tracker, or forwarded to it). Costs no log entry unless the instance was critical."""
+        """A TTL renewal: confirmed against committed state and taken by the leader's tracker, at
+        once under the leader's lease, else after a read index; a follower relays it to the
+        leader in a batch (renewals.py). Costs no log entry unless the instance was critical."""
         instance_id = _arg(request.args, "instance_id", str)
         service = _arg(request.args, "service", str, optional=True)
-        caller = Caller(request.identity, request.request_id)
-        self._requests.read(caller, lambda done: self._answer_pass(done, instance_id, service), now)
-
-    def _answer_pass(self, caller: Caller, instance_id: str, service: str | None) -> None:
-        view = self._replica.view
-        names = [service.lower()] if service is not None else view.service_names()
-        found = [i for name in names if (i := view.instance(name, instance_id)) is not None]
-        if not found:
-            where = f"service {service!r}" if service is not None else "any service"
-            self._replies.error(caller.identity, caller.request_id, "not_found",
-                                f"no instance {instance_id!r} in {where} at index {view.applied_index} "
-                                "(deregistered, or never registered)")
-            return
-        if len(found) > 1:
-            self._replies.error(caller.identity, caller.request_id, "invalid",
-                                f"instance id {instance_id!r} is in services {sorted(i.service for i in found)}: "
-                                "name the service")
-            return
-        instance = found[0]
-        if instance.check is None or instance.check.kind is not CheckKind.TTL:
-            self._replies.error(caller.identity, caller.request_id, "invalid",
-                                f"instance {instance.service}/{instance.id} has no TTL check to renew")
-            return
-        self._health.heartbeat(instance)
-        self._replies.reply(caller.identity, caller.request_id, {
-            "service": instance.service, "instance_id": instance.id, "status": instance.status.value,
-            "index": view.applied_index})
+        self._renewals.renew(Caller(request.identity, request.request_id), instance_id, service, now)
 
     def _answer_status(self, request: ClientRequest, now: float) -> None:
         self._replies.reply(request.identity, request.request_id, self._status())

@@ -73,8 +73,8 @@ class _Write:
 
 @dataclass
 class _Read:
-    caller: Caller
-    answer: Callable[[Caller], None]
+    caller: Caller | None  # None: the node's own read (a follower's renewal batch), answered to nobody
+    answer: Callable[[Caller | None], None]
     deadline: float
     retry_at: float = 0.0
     index: int | None = None  # set once the read index is confirmed
@@ -123,10 +123,22 @@ class Requests:
             write.waiters.append(caller)
         self._send(write, now)
 
-    def read(self, caller: Caller, answer: Callable[[Caller], None], now: float) -> None:
-        """Run ``answer(caller)`` once this node has applied a read index confirmed by a quorum."""
+    def read(self, caller: Caller | None, answer: Callable[[Caller | None], None], now: float) -> None:
+        """Run ``answer(caller)`` once this node has applied a read index confirmed by a quorum
+        (``caller`` None: a read on the node's own behalf, which a timeout answers to nobody)."""
         read = _Read(caller, answer, now + self._timeout_s)
         self._ask(read, now)
+
+    def read_applied(self, caller: Caller | None, answer: Callable[[Caller | None], None], index: int,
+                     applied_index: int, now: float) -> None:
+        """Run ``answer(caller)`` once this node has applied ``index``, a read index the caller
+        confirmed itself (the leader's commit index under its lease): no read-index round."""
+        if applied_index >= index:
+            answer(caller)
+            return
+        context = next(self._contexts).to_bytes(8, "big")
+        self._reads[context] = _Read(caller, answer, now + self._timeout_s, index=index)
+        self._waiting_apply.append((index, context))
 
     # -- what the loop reports -------------------------------------------------------------------
 
@@ -188,8 +200,9 @@ class Requests:
         for context, read in list(self._reads.items()):
             if now >= read.deadline:
                 del self._reads[context]
-                self._answer(read.caller, Failure("no_leader", "no read index could be confirmed by a quorum "
-                                                  "within the timeout"))
+                if read.caller is not None:
+                    self._answer(read.caller, Failure("no_leader", "no read index could be confirmed by a "
+                                                      "quorum within the timeout"))
             elif read.index is None and now >= read.retry_at:
                 del self._reads[context]  # a new context, so a late answer to the old one is ignored
                 self._ask(read, now)
@@ -197,12 +210,13 @@ class Requests:
     def fail_all(self, code: str, message: str) -> tuple[int, int]:
         """Answer every pending request with an error; returns (writes' callers, reads)."""
         writes = sum(len(w.waiters) for w in self._writes.values())
-        reads = len(self._reads)
+        reads = sum(read.caller is not None for read in self._reads.values())
         for write in self._writes.values():
             for caller in write.waiters:
                 self._answer(caller, Failure(code, message))
         for read in self._reads.values():
-            self._answer(read.caller, Failure(code, message))
+            if read.caller is not None:
+                self._answer(read.caller, Failure(code, message))
         self._writes.clear()
         self._reads.clear()
         self._waiting_apply.clear()

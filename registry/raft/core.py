@@ -8,6 +8,7 @@ Inputs are `tick()`, `step(message)` and the leader-only requests; outputs accum
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -127,6 +128,11 @@ class Raft:
         self.read_states: list[ReadState] = []
         self._outbox: list[Message] = []
         self._read_seq = 0  # last read-index round sent (leader)
+        self._ticks = 0  # ticks since this node started: the core's only notion of time
+        # Leader: (read_seq, tick it was sent at) of each round not yet confirmed, ascending.
+        self._rounds_sent: deque[tuple[int, int]] = deque()
+        # Invariant: 0 unless leader; the leader holds a lease while _ticks < _lease_until.
+        self._lease_until = 0
         self._pending_reads: list[_PendingRead] = []  # waiting for a quorum to confirm their round
         self._reads_awaiting_commit: list[tuple[bytes, NodeId]] = []  # before the leader commits in its term
         self._needs_broadcast = False  # new proposals not yet sent (batched until ready())
@@ -138,6 +144,7 @@ class Raft:
     # -- public surface (RawNode wraps these) ----------------------------------------------------
 
     def tick(self) -> None:
+        self._ticks += 1
         self._tick_role()
 
     def step(self, m: Message) -> None:
@@ -248,7 +255,7 @@ class Raft:
                 self.send_append(peer, allow_empty=False)
         if self._needs_read_round:
             self._needs_read_round = False
-            self._read_seq += 1
+            self._start_round()
             self.broadcast_heartbeat()
 
     def has_pending_flush(self) -> bool:
@@ -330,6 +337,8 @@ class Raft:
         self._reads_awaiting_commit = []
         self._needs_broadcast = False
         self._needs_read_round = False
+        self._rounds_sent.clear()
+        self._lease_until = 0
 
     # -- ticks ------------------------------------------------------------------------------------
 
@@ -350,6 +359,8 @@ class Raft:
             self.lead_transferee = NO_NODE  # a transfer that took a whole timeout is abandoned
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
+            # Each heartbeat broadcast is a read round of its own: its acks renew the lease.
+            self._start_round()
             self.broadcast_heartbeat()
 
     def _quorum_active(self) -> bool:
@@ -359,6 +370,38 @@ class Raft:
                 active.add(peer)
             pr.recent_active = False
         return has_quorum(active, self.membership.voters)
+
+    def has_lease(self) -> bool:
+        """Whether this leader may answer a read from its own state, without a read-index round
+        (dissertation §6.4.1): a quorum acknowledged a heartbeat round sent at tick T, and every
+        voter of that quorum ignores votes for election_ticks of its own ticks after receiving it
+        (the check-quorum rule of `step`), so no other leader can exist before T + election_ticks.
+        The lease ends one tick earlier, at T + election_ticks - 1: the tick phases of two nodes
+        differ by up to one tick.
+
+        None during a leadership transfer (TimeoutNow makes voters ignore that rule), without
+        check_quorum (followers then grant votes at once), or before this leader committed an
+        entry of its term (its commit index may lag the last leader's).
+
+        NB: this assumes the nodes' ticks run at the same rate; the caller distrusts the lease
+        when its own ticks fell behind the clock. A voter that crashes and restarts forgets
+        that it heard from the leader and may vote at once: a known limit of lease reads (etcd's
+        ReadOnlyLeaseBased has it too), for callers whose reads can bear it."""
+        if (self.role is not Role.LEADER or not self.config.check_quorum or self.lead_transferee != NO_NODE
+                or self.log.term(self.log.commit_index) != self.term):
+            return False
+        if self.membership.voters == {self.node_id}:
+            return True
+        return self._ticks < self._lease_until
+
+    def _lease_ticks(self) -> int:
+        """How long, from the send tick of a round a quorum acknowledged, the lease lasts."""
+        return self.config.election_ticks - 1
+
+    def _start_round(self) -> None:
+        self._read_seq += 1
+        if self.config.check_quorum:  # NB: without it, no lease, and nothing bounds the deque
+            self._rounds_sent.append((self._read_seq, self._ticks))
 
     def _in_lease(self) -> bool:
         return (self.config.check_quorum and self.leader_id != NO_NODE
@@ -710,6 +753,10 @@ class Raft:
         acked = {peer: pr.read_ack_seq for peer, pr in self.progress.items()}
         acked[self.node_id] = self._read_seq
         confirmed = committed_index(acked, self.membership.voters)
+        rounds = self._rounds_sent
+        while rounds and rounds[0][0] <= confirmed:
+            _, sent_at = rounds.popleft()
+            self._lease_until = max(self._lease_until, sent_at + self._lease_ticks())
         while self._pending_reads and self._pending_reads[0].seq <= confirmed:
             self._answer_read(self._pending_reads.pop(0))
 

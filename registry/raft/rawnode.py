@@ -100,6 +100,14 @@ class RawNode:
         applied yet or older than the current snapshot."""
         return self.raft.compact(index, data, keep_entries)
 
+    def has_lease(self) -> bool:
+        """Whether this leader holds a leader lease (dissertation §6.4.1): it may answer a read
+        from its applied state once that covers its commit index, with no read-index round.
+
+        Measured in ticks: the caller must distrust it when its ticks fell behind its clock
+        (a stalled loop), since the followers' ticks did not. See Raft.has_lease."""
+        return self.raft.has_lease()
+
     def transfer_leadership(self, to: NodeId) -> None:
         """Leader only: hand over to `to`; proposals are refused until it finishes or times out."""
         self.raft.transfer_leadership(to)

@@ -61,7 +61,12 @@ class ForwardOp(enum.IntEnum):
 
     WRITE = 0  # a client's register or deregister
     RESTORE = 1  # an operator's snapshot restore: a whole catalogue, far larger than a write
-    HEARTBEAT = 2  # a TTL renewal for the leader's health tracker: never proposed (docs/health.md)
+    # NB: sent by new nodes only to a leader that never answered PASS (an old one, during a
+    # rolling upgrade); a leader still takes it from old followers (registry/node/renewals.py).
+    HEARTBEAT = 2  # one TTL renewal the follower confirmed itself, for the leader's tracker
+    PASS = 3  # a follower's batch of TTL renewals for the leader to confirm and answer: never proposed
+    PASS_REPLY = 4  # the leader's answers to a PASS batch, one per renewal
+    # 5 and 6 are reserved (leadership-transfer work).
 
 
 @dataclass(frozen=True, slots=True)

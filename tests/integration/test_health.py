@@ -3,7 +3,8 @@
 - A TCP-checked service that stops listening drops out of every node's DNS within the
   configured bound, and comes back when it listens again.
 - An HTTP check that answers 500 does the same.
-- A TTL instance expires without heartbeats and stays with them.
+- A TTL instance expires without heartbeats and stays with them, renewed through the leader
+  (answered under its lease) and through followers (relayed in batches).
 - A leader killed while heartbeats flow expires nothing that was renewed in time.
 
 Deadlines come from the check's own settings (interval x failures, the TTL) plus an election
@@ -153,6 +154,11 @@ def test_a_ttl_instance_stays_with_heartbeats_and_expires_without(cluster: Clust
         leader = cluster.wait_for_leader()
         # Steady state writes nothing: the renewals added no entry (at most a leader's no-op).
         assert cluster.status(leader.node).commit <= index_before + 1
+        # Both renewal paths ran: the leader's under its lease, and the followers' relayed in batches.
+        renewals = {n: (cluster.status(n).health or {}).get("renewals") or {} for n in names}
+        assert renewals[leader.node].get("by_lease", 0) > 0, renewals
+        assert renewals[leader.node].get("renewals", 0) >= 2, renewals
+        assert sum(r.get("forwarded", 0) for n, r in renewals.items() if n != leader.node) > 0, renewals
         gone = wait_dns(cluster, "job.service.registry", set(), TTL_BOUND_S + TTL_S)
         print(f"TTL: gone from every node's DNS {gone + TTL_S / 3:.2f} s after the last renewal (TTL {TTL_S:g} s)")
         client.heartbeat(reg.instance_id, "job")

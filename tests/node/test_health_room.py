@@ -7,13 +7,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from registry.catalogue import Check, CheckKind, Register, Request, SetHealth, decode_request, encode_request
 from registry.node.health import STALL_S, HealthRoom
 from registry.node.replica import Replica
 from registry.raft import BasicStatus, Entry, EntryKind, Index, NodeId, Role, Term
-from registry.transport import ForwardOp
 
 TTL_S = 3.0
 
@@ -30,13 +27,10 @@ class FakeRaw:
 @dataclass
 class Recorder:
     writes: list[Any] = field(default_factory=list)
-    forwards: list[tuple[int, ForwardOp, bytes]] = field(default_factory=list)
 
     def write(self, caller: Any, key: tuple[str, int], data: bytes, now: float, **_: Any) -> None:
         self.writes.append(decode_request(data).command)
 
-    def forward(self, leader: NodeId, op: ForwardOp, data: bytes) -> None:
-        self.forwards.append((leader, op, data))
 
 
 def room(role: Role = Role.LEADER) -> tuple[HealthRoom, Recorder, Replica, list[float]]:
@@ -47,7 +41,7 @@ def room(role: Role = Role.LEADER) -> tuple[HealthRoom, Recorder, Replica, list[
     out = Recorder()
     clock = [0.0]
     health = HealthRoom(raw=FakeRaw(role), replica=replica, requests=out, prober=None,  # type: ignore[arg-type]
-                        forward=out.forward, log=logging.LoggerAdapter(logging.getLogger("test"), {}),
+                        log=logging.LoggerAdapter(logging.getLogger("test"), {}),
                         clock=lambda: clock[0], wall=lambda: 1000.0)
     health.on_role(role, 1, 0.0)
     return health, out, replica, clock
@@ -83,20 +77,23 @@ def test_a_stall_restarts_every_clock_instead_of_expiring() -> None:
     assert len(out.writes) == 1
 
 
-def test_a_follower_forwards_a_renewal_to_its_leader_and_proposes_nothing() -> None:
-    health, out, replica, _ = room(Role.FOLLOWER)
-    health.heartbeat(replica.view.instance("job", "j"))  # type: ignore[arg-type]
+def test_a_follower_room_takes_no_renewal_and_proposes_nothing() -> None:
+    """Renewals reach the leader's tracker only (renewals.py relays a follower's)."""
+    health, out, _, _ = room(Role.FOLLOWER)
+    assert health.renew("job", "j", 0.0) is False
     run_ticks(health, 0.0, 2 * TTL_S)
-    assert out.writes == []
-    [(leader, op, payload)] = out.forwards
-    assert (leader, op, msgpack.unpackb(payload)) == (1, ForwardOp.HEARTBEAT, ["job", "j"])
+    assert out.writes == [] and health.heartbeats == 0
 
 
-def test_a_malformed_forwarded_heartbeat_is_dropped_and_counted() -> None:
-    health, out, _, _ = room()
-    for garbage in (b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb(["only one"])):
-        health.forwarded_heartbeat(garbage, 0.0)
-    assert health.dropped_heartbeats == 4 and out.writes == []
+def test_the_leader_renewal_keeps_an_instance_past_its_ttl() -> None:
+    health, out, _, clock = room()
+    run_ticks(health, 0.0, TTL_S - 0.5)
+    assert health.renew("job", "j", TTL_S - 0.5) is True
+    run_ticks(health, TTL_S - 0.45, 2 * TTL_S - 0.6)
+    assert out.writes == [] and health.heartbeats == 1
+    run_ticks(health, 2 * TTL_S - 0.5, 2 * TTL_S)
+    [command] = out.writes
+    assert isinstance(command, SetHealth) and command.status.value == "critical"
 
 
 def test_a_new_leader_tracks_the_checked_instances_it_indexed_as_a_follower() -> None:

@@ -184,3 +184,27 @@ def test_fail_all_answers_every_pending_request() -> None:
     assert sorted(r[:2] for r in out.replies) == [(b"a", 1), (b"b", 1), (b"r", 1)]
     assert all(r[2] == Failure("stopping", "bye") for r in out.replies)
     assert requests.pending == (0, 0)
+
+
+def test_a_read_at_a_known_index_waits_only_for_it_to_be_applied() -> None:
+    """The leader's lease read: no read-index round, answered once the index is applied."""
+    raw = FakeRaw(leader=1)
+    requests, _ = make(raw)
+    answered: list[Caller | None] = []
+    requests.read_applied(Caller(b"r", 1), answered.append, 7, 7, 0.0)
+    assert answered == [Caller(b"r", 1)]
+    requests.read_applied(Caller(b"r", 2), answered.append, 8, 7, 0.0)
+    assert answered == [Caller(b"r", 1)] and requests.pending == (0, 1)
+    requests.tick(RETRY_INTERVAL_S)  # never asked again: the index is known
+    requests.on_read_states([], applied_index=8)
+    assert answered == [Caller(b"r", 1), Caller(b"r", 2)] and raw.read_contexts == []
+
+
+def test_a_read_for_nobody_expires_silently() -> None:
+    """A node's own read (caller None: a follower's renewal batch) answers nobody on a timeout."""
+    requests, out = make(FakeRaw())
+    requests.read(None, lambda caller: None, 0.0)
+    requests.tick(TIMEOUT_S)
+    assert out.replies == [] and requests.pending == (0, 0)
+    requests.read(None, lambda caller: None, 0.0)
+    assert requests.fail_all("stopping", "bye") == (0, 0) and out.replies == []
