@@ -62,14 +62,20 @@ class ForwardOp(enum.IntEnum):
     WRITE = 0  # a client's register or deregister
     RESTORE = 1  # an operator's snapshot restore: a whole catalogue, far larger than a write
     HEARTBEAT = 2  # a TTL renewal for the leader's health tracker: never proposed (docs/health.md)
+    # NB: 3 and 4 are reserved (renewal batching, another branch); a node that does not know an
+    # op drops the frame as malformed, so values are never reused for something else.
+    TRANSFER = 5  # follower -> leader: a client's `leader_transfer` (registry/node/transfer.py); never proposed
+    TRANSFER_REPLY = 6  # leader -> the follower that forwarded a TRANSFER: how it ended
 
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Follower -> leader: a client write (`payload`, opaque here) forwarded to the leader.
+    """Follower -> leader: a client write (`payload`, opaque here) forwarded to the leader, or
+    another request `op` names (a renewal, a leadership transfer), or the leader's answer to one
+    (TRANSFER_REPLY, leader -> follower).
 
     It travels on the Raft connections but is not a Raft message: the node loop, not the core,
-    handles it (it proposes `payload` on the leader)."""
+    handles it (it proposes `payload` on the leader, or hands it to the room that owns `op`)."""
 
     source: NodeId
     target: NodeId

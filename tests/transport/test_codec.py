@@ -104,6 +104,8 @@ GOLDEN = [
     (Forward(NodeId(2**63 - 1), NodeId(1), b"w"), "019440cf7fffffffffffffff01c40177"),
     (Forward(NodeId(2), NodeId(1), b"r", ForwardOp.RESTORE), "0195410201c4017201"),
     (Forward(NodeId(2), NodeId(1), b"h", ForwardOp.HEARTBEAT), "0195410201c4016802"),
+    (Forward(NodeId(2), NodeId(1), b"t", ForwardOp.TRANSFER), "0195410201c4017405"),
+    (Forward(NodeId(1), NodeId(2), b"y", ForwardOp.TRANSFER_REPLY), "0195410102c4017906"),
 ]
 
 
@@ -179,7 +181,7 @@ def entry_field(value: object) -> list[object]:
         (raw([7, 1, 2, 3, "ctx"]), r"ReadIndex.context: expected bytes, got str"),
         (raw([64, 1, 2, ["w"]]), r"Forward.payload: expected bytes, got list"),
         (raw([64, 1, 2, b"w", 0]), r"Forward: expected 3 fields, got 4"),
-        (raw([65, 1, 2, b"w", 7]), r"Forward.op: expected one of \[0, 1, 2\], got int 7"),
+        (raw([65, 1, 2, b"w", 7]), r"Forward.op: expected one of \[0, 1, 2, 5, 6\], got int 7"),
         (raw([65, 1, 2, b"w"]), r"Forward: expected 4 fields, got 3"),
         (raw([7, 1, 2, 3, msgpack.ExtType(1, b"x")]), "ReadIndex.context: expected bytes, got ExtType"),
         (raw([2, 1, 2, 3, 0, 0, {}, 0]), "AppendEntries.entries: expected an array of entries, got dict"),
