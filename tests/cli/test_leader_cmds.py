@@ -7,28 +7,18 @@ transfer_failed: the reason on stderr), 2 a NAME that is not a valid node name o
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import pytest
+
 from typer.testing import CliRunner
 
 from registry.cli.main import app
 
 from ..client.fake_server import FakeServer, error, ok
+from .test_client_commands import FAST, no_servers_from_the_environment, squash  # noqa: F401 (an autouse fixture)
 
 runner = CliRunner()
-FAST = ["--timeout", "0.5"]
-
-
-def squash(text: str) -> str:
-    """Output without whitespace or rich's box drawing, so wrapped error panels still match."""
-    return re.sub(r"[\s\u2500-\u257f]+", "", text)
-
-
-@pytest.fixture(autouse=True)
-def no_servers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("REGISTRY_SERVERS", raising=False)
 
 
 def run(*args: str, servers: list[FakeServer]):  # type: ignore[no-untyped-def]
