@@ -60,10 +60,13 @@ def servers_flags(cluster: Cluster, names: list[str]) -> list[str]:
 
 def handed_over(cluster: Cluster, old: str, new: str, term: int) -> None:
     """Assert, from the logs, that `old` saw `new` take over through the transfer in `term` and
-    that `new` logged becoming leader in that term."""
+    that `new` logged becoming leader in that term. NB: `new` logs it after sending its first
+    messages, so `old` may know before `new`'s line is written: that one is waited for."""
     assert f"handed leadership over to {new}: it leads in term {term}," in cluster[old].log_text(), \
         cluster[old].tail()
-    assert f"node={new} term={term} leader, term {term}, leader {new}" in cluster[new].log_text(), cluster[new].tail()
+    line = f"node={new} term={term} leader, term {term}, leader {new}"
+    poll(f"{new} logging that it leads in term {term}", lambda: True if line in cluster[new].log_text() else None,
+         LEADER_TIMEOUT_S, describe=lambda: cluster[new].tail(5))
 
 
 def test_transfer_to_a_named_node_with_the_cli(cluster: Cluster) -> None:
