@@ -27,6 +27,7 @@ PARAM_HINTS = {
     "check": "'--ttl' / '--check' / '--deregister-after'",
     "ttl_ms": "'--ttl'",
     "servers": "REGISTRY_SERVERS",
+    "name": "NAME",
 }
 
 

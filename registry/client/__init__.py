@@ -25,7 +25,7 @@ another language can be written from the same document.
 """
 
 from .arguments import looks_like_hostport
-from .errors import NotFound, RegistryError, Unavailable, ValidationFailed
+from .errors import NotFound, RegistryError, TransferFailed, Unavailable, ValidationFailed
 from .protocol import PROTOCOL_VERSION
 from .results import (
     CheckInfo,
@@ -33,6 +33,7 @@ from .results import (
     Heartbeat,
     InstanceInfo,
     KeepaliveState,
+    LeaderTransfer,
     NodeStatus,
     PeerStatus,
     Registration,
@@ -56,6 +57,7 @@ __all__ = [
     "Heartbeat",
     "InstanceInfo",
     "KeepaliveState",
+    "LeaderTransfer",
     "NodeStatus",
     "NotFound",
     "PeerStatus",
@@ -64,6 +66,7 @@ __all__ = [
     "Restoration",
     "SavedSnapshot",
     "Services",
+    "TransferFailed",
     "Unavailable",
     "ValidationFailed",
     "looks_like_hostport",

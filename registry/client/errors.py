@@ -39,6 +39,11 @@ class NotFound(RegistryError):
     """A deregister matched no instance (``not_found``)."""
 
 
+class TransferFailed(RegistryError):
+    """A leadership transfer did not happen (``transfer_failed``): the target did not take over
+    in time, another node did, or nobody can; the message says which. Not retried."""
+
+
 class Unavailable(RegistryError):
     """No server did it: none answered before the deadline, or every answer was ``no_leader``,
     ``timeout`` or ``stopping``, or the cluster has lost its quorum (``code`` ``no_leader``).
@@ -65,6 +70,8 @@ def error_for(code: str, message: str, server: str) -> RegistryError:
         return ValidationFailed(f"{server} refused the request: {message}", code=code, server=server)
     if code == "not_found":
         return NotFound(message, code=code, server=server)
+    if code == "transfer_failed":
+        return TransferFailed(f"{server}: {message}", code=code, server=server)
     if code in RETRY_CODES:
         return Unavailable(f"{server}: {code}: {message}", code=code, server=server,
                            tried=(server,), last_error=f"{code}: {message}")

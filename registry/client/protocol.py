@@ -14,6 +14,7 @@ from .results import (
     Deregistration,
     Heartbeat,
     InstanceInfo,
+    LeaderTransfer,
     NodeStatus,
     PeerStatus,
     Registration,
@@ -181,6 +182,12 @@ def parse_saved_snapshot(result: Any, server: str) -> SavedSnapshot:
         digest=_str(r["digest"], "digest"),
         data=data,
     )
+
+
+def parse_leader_transfer(result: Any, server: str) -> LeaderTransfer:
+    r = _map(result, "result")
+    return LeaderTransfer(_str(r["leader"], "leader"), _int(r["term"], "term"),
+                          _opt_str(r.get("previous"), "previous"))
 
 
 def parse_restoration(result: Any, server: str) -> Restoration:

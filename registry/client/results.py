@@ -172,6 +172,20 @@ class SavedSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaderTransfer:
+    """A finished ``leader_transfer``: ``leader`` (a node name) leads in ``term``; ``previous``
+    led before (equal to ``leader`` when the named node already led, and nothing moved)."""
+
+    leader: str
+    term: int
+    previous: str | None
+
+    @property
+    def moved(self) -> bool:
+        return self.previous != self.leader
+
+
+@dataclass(frozen=True, slots=True)
 class Restoration:
     """A committed ``snapshot_restore``: the catalogue now holds this many services and
     instances, from log ``index`` on."""

@@ -17,7 +17,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from registry.catalogue import validation
-from registry.naming import INSTANCE_EXAMPLES, AddressError, parse_hostport, zmq_endpoint
+from registry.naming import INSTANCE_EXAMPLES, AddressError, parse_hostport, validate_node_name, zmq_endpoint
 
 from .arguments import check_check, check_meta, check_tags, checked, looks_like_hostport
 from .errors import NotFound, RegistryError, Unavailable, ValidationFailed
@@ -31,6 +31,7 @@ from .protocol import (
     parse_check,
     parse_deregistration,
     parse_heartbeat,
+    parse_leader_transfer,
     parse_registration,
     parse_restoration,
     parse_saved_snapshot,
@@ -42,6 +43,7 @@ from .results import (
     Heartbeat,
     InstanceInfo,
     KeepaliveState,
+    LeaderTransfer,
     NodeStatus,
     Registration,
     Restoration,
@@ -53,7 +55,7 @@ from .servers import resolve_servers, resolves
 
 _DOING = {"register": "register", "deregister": "deregister", "pass": "renew a TTL", "services": "list services",
           "status": "get a status", "snapshot_save": "save a snapshot",
-          "snapshot_restore": "restore a snapshot"}
+          "snapshot_restore": "restore a snapshot", "leader_transfer": "transfer leadership"}
 
 
 class Client:
@@ -288,6 +290,26 @@ class Client:
             raise ValidationFailed(f"a snapshot to restore holds 1 to {validation.RESTORE_MAX_BYTES} bytes, "
                                    f"got {len(data)}", field="snapshot")
         return self._call("snapshot_restore", {"snapshot": data}, parse_restoration, write=True,
+                          attempt_timeout_s=self.timeout_s)
+
+    def transfer_leadership(self, name: str | None = None) -> LeaderTransfer:
+        """Hand leadership to the member ``name``, or with None to the most caught-up voter
+        (dissertation §3.10), and return once a node saw it lead. Any node takes the request
+        (a follower forwards it to the leader). Raises ``TransferFailed`` when it did not
+        happen (the target did not take over within twice the longest election timeout,
+        another node did, no other voter), ``ValidationFailed`` for a name that is not valid
+        or not a member. A named node that already leads is a success with ``moved`` False.
+
+        NB: each server gets the whole ``timeout_s``: asking a second one while the first is
+        still at it could move leadership twice."""
+        if name is not None:
+            if not isinstance(name, str):
+                raise ValidationFailed(f"a node name is a string, got {type(name).__name__}", field="name")
+            try:
+                validate_node_name(name)
+            except AddressError as e:
+                raise ValidationFailed(str(e), field="name") from None
+        return self._call("leader_transfer", {"target": name}, parse_leader_transfer,
                           attempt_timeout_s=self.timeout_s)
 
     def status_all(self) -> list[NodeStatus | RegistryError]:

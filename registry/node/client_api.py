@@ -18,7 +18,8 @@ MAX_REQUEST_BYTES = 256 * 1024
 # bound, so larger frames never reach Python; the client port binds loopback by default.
 MAX_RESTORE_REQUEST_BYTES = 48 * 1024**2 + 64 * 1024
 BIG_OPS = frozenset({"snapshot_restore"})
-OPS = ("register", "deregister", "services", "status", "snapshot_save", "snapshot_restore", "pass")
+OPS = ("register", "deregister", "services", "status", "snapshot_save", "snapshot_restore", "pass",
+       "leader_transfer")
 
 
 class BadRequest(ValueError):

@@ -13,6 +13,12 @@ from typing import Any
 from registry.naming import AddressError, format_hostport, parse_hostport, validate_node_name
 
 
+#: The longest a leadership hand-over may take (SIGTERM on a leader, `registry leader transfer`).
+#: systemd/registry*.service stop a node with TimeoutStopSec=30s; this leaves 10 s of it for the
+#: rest of a shutdown (the DNS and prober children, the store). tests/systemd/test_units.py checks it.
+MAX_HANDOVER_S = 20.0
+
+
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names the key and what is accepted."""
 
@@ -74,6 +80,12 @@ class NodeConfig:
             raise ConfigError(f"dns_max_stale_s must be positive, got {self.dns_max_stale_s}")
         if self.snapshot_entries < 1 or self.snapshot_bytes < 64 * 1024 or self.snapshot_keep < 0:
             raise ConfigError("snapshot_entries must be >= 1, snapshot_bytes >= 65536 and snapshot_keep >= 0")
+
+    @property
+    def handover_timeout_s(self) -> float:
+        """How long a leadership transfer may take before it is given up: twice the longest
+        election timeout ((2 * election_ticks - 1) ticks; 1.5 s by default), at most MAX_HANDOVER_S."""
+        return min(MAX_HANDOVER_S, 2 * (2 * self.election_ticks - 1) * self.tick_interval_ms / 1000)
 
     @property
     def members(self) -> list[str]:

@@ -10,7 +10,13 @@ apply (the replica, then the DNS child), advance. The rooms:
 - ``status``: `registry status`, systemd's STATUS=, the DNS child's staleness input;
 - ``snapshotter.Snapshotter``: the node's own snapshots, off the loop;
 - ``health.HealthRoom``: TTL clocks, the prober child, the leader's health transitions;
-- ``renewals.Renewals``: TTL renewals, answered under the leader lease or relayed to the leader.
+- ``renewals.Renewals``: TTL renewals, answered under the leader lease or relayed to the leader;
+- ``transfer.Transfers``: leadership hand-overs (`registry leader transfer`, SIGTERM on a leader).
+
+SIGTERM or SIGINT on a leader first hands leadership over to the most caught-up voter (at most
+``NodeConfig.handover_timeout_s``, then up to ``HANDOVER_DRAIN_S`` more for the writes waiting
+here to be answered through the new leader), then stops; a second signal stops at once. A
+follower stops at once.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from registry.raft import (
     RawNode,
     Ready,
     RemoteError,
+    Role,
     Snapshot,
 )
 from registry.storage import LmdbStorage, Storage
@@ -52,11 +59,12 @@ from .health import HealthRoom
 from .ops import ClientOps, render
 from .renewals import MAX_PASS_BYTES, MAX_PASS_REPLY_BYTES, Renewals
 from .replica import Replica
-from .requests import Requests
+from .requests import Failure, Outcome, Requests
 from .sdnotify import Notifier, watchdog_interval_s
 from .snapshot_ops import SnapshotOps
 from .snapshotter import Snapshotter, freeze_heap
 from .status import NodeStats, StatusReport, SystemdStatus, describe, leader_contact_age
+from .transfer import MAX_TRANSFER_BYTES, MAX_TRANSFER_REPLY_BYTES, MalformedTransfer, Transfers
 
 MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
 #: The largest forwarded proposal a leader accepts, per ForwardOp: an encoded register or
@@ -64,7 +72,8 @@ MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
 #: checks every entry when it applies it; this only bounds what a peer can make a leader log.
 MAX_FORWARD_BYTES = {ForwardOp.WRITE: 128 * 1024, ForwardOp.RESTORE: MAX_RESTORE_REQUEST_BYTES,
                      ForwardOp.HEARTBEAT: 1024, ForwardOp.PASS: MAX_PASS_BYTES,
-                     ForwardOp.PASS_REPLY: MAX_PASS_REPLY_BYTES}
+                     ForwardOp.PASS_REPLY: MAX_PASS_REPLY_BYTES, ForwardOp.TRANSFER: MAX_TRANSFER_BYTES,
+                     ForwardOp.TRANSFER_REPLY: MAX_TRANSFER_REPLY_BYTES}
 #: Forwards that are not proposals: the renewals room's.
 RENEWAL_OPS = frozenset({ForwardOp.HEARTBEAT, ForwardOp.PASS, ForwardOp.PASS_REPLY})
 # NB: every second the young generations are collected and the survivors frozen (gc.freeze):
@@ -73,6 +82,9 @@ RENEWAL_OPS = frozenset({ForwardOp.HEARTBEAT, ForwardOp.PASS, ForwardOp.PASS_REP
 # per million here, longer than an election timeout (5 spurious elections in a 10-minute run at
 # 64 clients before this; 0 after). Frozen objects are still freed by reference counting.
 GC_FREEZE_INTERVAL_S = 1.0
+#: After a hand-over on SIGTERM, how long the old leader may stay to answer the writes and reads
+#: waiting on it (now forwarded to the new leader) before it stops and answers the rest `stopping`.
+HANDOVER_DRAIN_S = 1.0
 
 
 class _NodeLog(logging.LoggerAdapter):
@@ -99,6 +111,9 @@ class Node:
         self.node_id = node_id_for(config.name)
         self.names: dict[NodeId, str] = {node_id_for(n): n for n in config.members}
         self._stop_requested = False
+        self._stop_now = False  # a second SIGTERM/SIGINT: no hand-over, or no more of it
+        self._handover_until: float | None = None  # set when a hand-over on SIGTERM starts
+        self._handover_outcome: Outcome | None = None
         self.stats = NodeStats()
         self.notifier = Notifier()  # systemd (Type=notify); a no-op outside it
         self._systemd = SystemdStatus(self.notifier, self.names)
@@ -136,7 +151,8 @@ class Node:
                                        storage=self.storage, snapshots=self.snapshots, stats=self.stats,
                                        dns=lambda: self.dns, clock=clock,
                                        sections={"health": lambda: {**self.health.status(),
-                                                                    "renewals": self.renewals.status()}})
+                                                                    "renewals": self.renewals.status()},
+                                                 "transfer": lambda: self.transfers.status(self.clock())})
             snapshot_ops = SnapshotOps(requests=self.requests, replica=self.replica, raw=raw, replies=client,
                                        request_timeout_s=config.request_timeout_s)
             # NB: probes run in a child process, never on this loop: a slow or hanging probe cannot
@@ -147,8 +163,11 @@ class Node:
                                      log=self.log, clock=clock)
             self.renewals = Renewals(raw=raw, replica=self.replica, reads=self.requests, tracker=self.health,
                                      forward=self._forward, replies=client, timeout_s=config.request_timeout_s)
+            self.transfers = Transfers(raw=raw, node_id=self.node_id, names=self.names, forward=self._forward,
+                                       replies=client, log=self.log, timeout_s=config.handover_timeout_s)
             self.ops = ClientOps(requests=self.requests, replica=self.replica, replies=client,
-                                 snapshots=snapshot_ops, renewals=self.renewals, status=self.status)
+                                 snapshots=snapshot_ops, renewals=self.renewals, transfers=self.transfers,
+                                 status=self.status)
             # NB: DNS runs in a child process with its own catalogue replica, fed every committed
             # entry, so DNS load and Raft work never compete for one interpreter (docs/ARCHITECTURE.md).
             self.dns = DnsProcess(DnsSettings(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
@@ -171,7 +190,51 @@ class Node:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def request_stop(self, *_: object) -> None:
+        """Stop (SIGTERM, SIGINT): after a hand-over if this node leads; a second call stops at once."""
+        if self._stop_requested:
+            self._stop_now = True
         self._stop_requested = True
+
+    def _should_stop(self, now: float) -> bool:
+        """Whether the loop ends now: on a stop request, once the hand-over (if this node leads)
+        has ended and what waited here was answered, or at the hand-over's deadline."""
+        if not self._stop_requested:
+            return False
+        if self._stop_now:
+            return True
+        if self._handover_until is None:
+            return not self._begin_handover(now)
+        if now >= self._handover_until:
+            self.log.warning("stopping: the hand-over, and the requests waiting here, did not end within %.2f s",
+                             self.config.handover_timeout_s + HANDOVER_DRAIN_S)
+            return True
+        outcome = self._handover_outcome
+        if outcome is None:
+            return False
+        if isinstance(outcome, Failure):
+            return True  # the followers elect after their timeout, as without a hand-over
+        return self.requests.pending == (0, 0)
+
+    def _begin_handover(self, now: float) -> bool:
+        """On a stop request: start handing leadership over if this node leads and another voter
+        can take it. Returns whether it started."""
+        assert self.raw is not None
+        if self.raw.basic_status().role is not Role.LEADER or self.raw.transfer_candidate() is None:
+            return False
+        timeout_s = self.config.handover_timeout_s
+        self._handover_until = now + timeout_s + HANDOVER_DRAIN_S
+        self.log.info("stop requested on the leader: handing leadership over first (at most %.2f s; a second "
+                      "SIGTERM or SIGINT stops at once)", timeout_s)
+        self.transfers.request(None, now, self._on_handover)
+        return True
+
+    def _on_handover(self, outcome: Outcome) -> None:
+        self._handover_outcome = outcome
+        if isinstance(outcome, Failure):
+            self.log.warning("stopping without a hand-over: %s", outcome.message)
+        else:
+            self.log.info("stopping after the hand-over to %s (term %d); answering what waits here first",
+                          outcome["leader"], outcome["term"])
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -197,7 +260,7 @@ class Node:
         next_ping = self.clock() + ping_every if ping_every is not None else float("inf")
         next_freeze = self.clock() + GC_FREEZE_INTERVAL_S
         try:
-            while not self._stop_requested and not (until is not None and until()):
+            while not self._should_stop(self.clock()) and not (until is not None and until()):
                 wake = min(next_tick, next_ping)
                 batch_due = self.renewals.next_due()
                 if batch_due is not None:
@@ -232,6 +295,7 @@ class Node:
                     self.requests.tick(now)
                     self.renewals.tick(now)
                     self.health.tick(now)
+                    self.transfers.check(now)
                     self._tell_dns_leader_contact(now)
                     if not snapshots.running:
                         self.storage.compact_step()  # what adopt_snapshot left, a bounded batch per tick
@@ -249,8 +313,11 @@ class Node:
 
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping")
+        transfers = self.transfers.fail_all("stopping", "the node is shutting down; retry another")
         writes, reads = self.requests.fail_all("stopping", "the node is shutting down; retry another")
         reads += self.renewals.fail_all("stopping", "the node is shutting down; retry another")
+        if transfers:
+            self.log.info("stopping: answered %d leadership transfer requests with 'stopping'", transfers)
         self.log.info("stopping: answered %d pending writes and %d reads with 'stopping'", writes, reads)
         self.close()
         self.log.info("stopped")
@@ -299,6 +366,18 @@ class Node:
             return
         if message.op in RENEWAL_OPS:
             self.renewals.on_forward(message.source, message.op, message.payload, self.clock())
+            return
+        if message.op in (ForwardOp.TRANSFER, ForwardOp.TRANSFER_REPLY):
+            try:
+                if message.op is ForwardOp.TRANSFER:
+                    self.transfers.forwarded(message.source, message.payload, self.clock())
+                else:
+                    self.transfers.forwarded_reply(message.source, message.payload)
+            except MalformedTransfer as exc:
+                self.stats.remote_errors += 1
+                self.transfers.counts.malformed += 1
+                self.log.warning("dropped a malformed %s from %s: %s", message.op.name,
+                                 self.names.get(message.source), exc)
             return
         try:
             self.raw.propose(message.payload)
@@ -381,8 +460,9 @@ class Node:
         basic = self.raw.basic_status()
         self.log.info("%s", describe(basic, self.names))
         self.health.on_role(basic.role, int(basic.term), self.clock())
-        if soft.leader_id:  # a leader is known again: send waiting writes now, not at the retry timer
+        if soft.leader_id:  # a leader is known (again, or a new one): send waiting writes now, not at the retry timer
             self.requests.on_leader_known(self.clock())
+        self.transfers.check(self.clock())
 
     def _tell_dns_leader_contact(self, now: float) -> None:
         assert self.raw is not None

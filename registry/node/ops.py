@@ -34,24 +34,26 @@ from .renewals import Renewals
 from .replica import Replica
 from .requests import Caller, Failure, Outcome, Replies, Requests
 from .snapshot_ops import SnapshotOps, restored_reply
+from .transfer import Transfers
 
 
 class ClientOps:
     """Dispatch of the client protocol's operations (docs/client-protocol.md)."""
 
     def __init__(self, *, requests: Requests, replica: Replica, replies: Replies, snapshots: SnapshotOps,
-                 renewals: Renewals, status: Callable[[], dict[str, Any]],
+                 renewals: Renewals, transfers: Transfers, status: Callable[[], dict[str, Any]],
                  wall: Callable[[], float] = time.time) -> None:
         self._requests = requests
         self._replica = replica
         self._replies = replies
         self._renewals = renewals
+        self._transfers = transfers
         self._status = status
         self._wall = wall
         self._handlers: dict[str, Callable[[ClientRequest, float], None]] = {
             "register": self._write, "deregister": self._write, "services": self._services,
             "status": self._answer_status, "snapshot_save": snapshots.save, "snapshot_restore": snapshots.restore,
-            "pass": self._pass,
+            "pass": self._pass, "leader_transfer": self._leader_transfer,
         }
 
     def handle(self, request: ClientRequest, now: float) -> None:
@@ -97,6 +99,13 @@ class ClientOps:
         instance_id = _arg(request.args, "instance_id", str)
         service = _arg(request.args, "service", str, optional=True)
         self._renewals.renew(Caller(request.identity, request.request_id), instance_id, service, now)
+
+    def _leader_transfer(self, request: ClientRequest, now: float) -> None:
+        """Hand leadership to the member named `target` (nil: the most caught-up voter); answered
+        once this node sees it lead, or with `transfer_failed` (registry/node/transfer.py)."""
+        target = _arg(request.args, "target", str, optional=True)
+        caller = Caller(request.identity, request.request_id)
+        self._transfers.request(target, now, self._transfers.reply_to(caller))
 
     def _answer_status(self, request: ClientRequest, now: float) -> None:
         self._replies.reply(request.identity, request.request_id, self._status())

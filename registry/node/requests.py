@@ -10,7 +10,9 @@ snapshot ops, and the features to come):
 - ``read(caller, answer)``: a linearizable read (ReadIndex, Raft §6.4); ``answer(caller)`` runs
   once this node has applied the confirmed read index.
 - The loop reports what happened: ``on_applied`` (each applied client entry), ``on_read_states``,
-  ``on_leader_known``, ``on_snapshot_installed``; ``tick(now)`` retries and expires;
+  ``on_leader_known`` (every write not yet sent to this leader in this term goes to it now: after
+  a leadership transfer, or an election, no write waits for its retry timer),
+  ``on_snapshot_installed``; ``tick(now)`` retries and expires;
   ``fail_all`` answers everything at shutdown.
 
 Replies go through ``Replies`` (the client socket); the outcome of an applied write is turned
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from registry.catalogue import Applied
-from registry.raft import NoLeader, NodeId, NotLeader, ProposalDropped, RawNode, ReadState, Role
+from registry.raft import NO_NODE, NoLeader, NodeId, NotLeader, ProposalDropped, RawNode, ReadState, Role
 from registry.transport import ForwardOp
 
 RETRY_INTERVAL_S = 0.5  # a write or read not done by then is proposed / forwarded / asked again
@@ -69,6 +71,7 @@ class _Write:
     retry_s: float
     retry_at: float = 0.0
     sent_once: bool = False  # reached a leader at least once: a timeout means "outcome unknown"
+    sent_to: tuple[NodeId, int] = (NO_NODE, 0)  # (leader, term) of the last send: this node's id if proposed here
 
 
 @dataclass
@@ -173,9 +176,12 @@ class Requests:
         self._waiting_apply = still
 
     def on_leader_known(self, now: float) -> None:
-        """A leader is known again: send the writes that never reached one now, not at their timer."""
+        """A leader is known (again, or a new one): send it now, not at their timer, every write
+        that has not gone to this leader in this term: those that never reached a leader, and
+        those a previous leader dropped (a transfer under way refuses proposals) or may lose."""
+        status = self._raw.basic_status()
         for write in self._writes.values():
-            if not write.sent_once:
+            if write.sent_to != (status.leader_id, status.term):
                 self._send(write, now)
 
     def on_snapshot_installed(self, now: float) -> None:
@@ -240,10 +246,12 @@ class Requests:
                 return
             self.counts.proposals += 1
             write.sent_once = True
+            write.sent_to = (status.node_id, status.term)
         elif status.leader_id:
             self._forward(status.leader_id, write.op, write.data)
             self.counts.forwarded += 1
             write.sent_once = True
+            write.sent_to = (status.leader_id, status.term)
         else:
             write.retry_at = now + self._tick_s
 

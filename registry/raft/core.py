@@ -210,6 +210,20 @@ class Raft:
         else:
             self.send_append(to, allow_empty=True)
 
+    def transfer_candidate(self) -> NodeId | None:
+        """The voter best placed to take over (dissertation §3.10): the highest match index, then
+        one heard from in this election timeout, then the lowest id; None when no other voter.
+
+        NB: `recent_active` before the id so that, on an idle cluster where every live follower
+        holds the whole log, a voter that stopped answering (whose match index has not fallen
+        behind yet) is not chosen over one that answers."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        others = sorted(self.membership.voters - {self.node_id})
+        if not others:
+            return None
+        return max(others, key=lambda v: (self.progress[v].match_index, self.progress[v].recent_active, -v))
+
     def compact(self, index: Index, data: bytes, keep_entries: int = 0) -> SnapshotMeta:
         """The caller serialised its state machine as of applied `index` into `data` (Raft §7).
 

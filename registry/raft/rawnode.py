@@ -112,6 +112,12 @@ class RawNode:
         """Leader only: hand over to `to`; proposals are refused until it finishes or times out."""
         self.raft.transfer_leadership(to)
 
+    def transfer_candidate(self) -> NodeId | None:
+        """Leader only: the voter other than itself to hand leadership to, the most caught up
+        (highest match index; ties go to one heard from lately, then to the lowest id); None in
+        a cluster of one voter. Raises NotLeader on a follower."""
+        return self.raft.transfer_candidate()
+
     # -- outputs ----------------------------------------------------------------------------------
 
     def has_ready(self) -> bool:

@@ -66,15 +66,20 @@ class ForwardOp(enum.IntEnum):
     HEARTBEAT = 2  # one TTL renewal the follower confirmed itself, for the leader's tracker
     PASS = 3  # a follower's batch of TTL renewals for the leader to confirm and answer: never proposed
     PASS_REPLY = 4  # the leader's answers to a PASS batch, one per renewal
-    # 5 and 6 are reserved (leadership-transfer work).
+    # NB: a node that does not know an op drops the frame as malformed, so values are never
+    # reused for something else.
+    TRANSFER = 5  # follower -> leader: a client's `leader_transfer` (registry/node/transfer.py); never proposed
+    TRANSFER_REPLY = 6  # leader -> the follower that forwarded a TRANSFER: how it ended
 
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Follower -> leader: a client write (`payload`, opaque here) forwarded to the leader.
+    """Follower -> leader: a client write (`payload`, opaque here) forwarded to the leader, or
+    another request `op` names (a renewal, a leadership transfer), or the leader's answer to one
+    (TRANSFER_REPLY, leader -> follower).
 
     It travels on the Raft connections but is not a Raft message: the node loop, not the core,
-    handles it (it proposes `payload` on the leader)."""
+    handles it (it proposes `payload` on the leader, or hands it to the room that owns `op`)."""
 
     source: NodeId
     target: NodeId

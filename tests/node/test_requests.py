@@ -24,9 +24,10 @@ class FakeRaw:
     proposed: list[bytes] = field(default_factory=list)
     read_contexts: list[bytes] = field(default_factory=list)
     drop_proposals: bool = False
+    term: int = 1
 
     def basic_status(self) -> BasicStatus:
-        return BasicStatus(NodeId(1), self.role, Term(1), NodeId(self.leader), Index(0), Index(0), NodeId(0))
+        return BasicStatus(NodeId(1), self.role, Term(self.term), NodeId(self.leader), Index(0), Index(0), NodeId(0))
 
     def propose(self, data: bytes) -> Index:
         if self.drop_proposals:
@@ -105,6 +106,48 @@ def test_without_a_leader_a_write_waits_and_is_sent_when_one_is_known() -> None:
     raw.leader = 2
     requests.on_leader_known(0.01)
     assert out.forwards == [(2, ForwardOp.WRITE, b"w")]
+
+
+def test_a_new_leader_gets_every_pending_write_at_once_and_the_same_leader_none_twice() -> None:
+    """A write forwarded to a leader that then hands over (a transfer drops proposals) goes to the
+    new leader as soon as it is known, not at the retry timer; hearing of the same leader in the
+    same term again sends nothing more."""
+    raw = FakeRaw(leader=2)
+    requests, out = make(raw)
+    requests.write(Caller(b"a", 1), ("c", 1), b"w", 0.0)
+    assert out.forwards == [(2, ForwardOp.WRITE, b"w")]
+    raw.leader, raw.term = 3, 2
+    requests.on_leader_known(0.01)
+    assert out.forwards[1:] == [(3, ForwardOp.WRITE, b"w")]
+    requests.on_leader_known(0.02)
+    assert len(out.forwards) == 2
+
+
+def test_a_leader_that_handed_over_forwards_its_dropped_writes_to_the_new_leader_at_once() -> None:
+    """On the old leader a write refused during the hand-over (ProposalDropped) and one it had
+    proposed before both go to the new leader the moment this node learns of it."""
+    raw = FakeRaw(role=Role.LEADER, leader=1)
+    requests, out = make(raw)
+    requests.write(Caller(b"a", 1), ("c", 1), b"before", 0.0)
+    raw.drop_proposals = True
+    requests.write(Caller(b"a", 2), ("c", 2), b"during", 0.0)
+    assert raw.proposed == [b"before"] and out.forwards == []
+    raw.role, raw.leader, raw.term = Role.FOLLOWER, 2, 2
+    requests.on_leader_known(0.01)
+    assert sorted(out.forwards) == [(2, ForwardOp.WRITE, b"before"), (2, ForwardOp.WRITE, b"during")]
+
+
+def test_a_leader_elected_again_in_a_new_term_proposes_its_pending_writes_again() -> None:
+    """Entries proposed in an earlier term may be lost with it: a re-elected leader proposes its
+    pending writes again at once (the sessions apply a (client, seq) once)."""
+    raw = FakeRaw(role=Role.LEADER, leader=1)
+    requests, _ = make(raw)
+    requests.write(Caller(b"a", 1), ("c", 1), b"w", 0.0)
+    requests.on_leader_known(0.01)
+    assert raw.proposed == [b"w"]
+    raw.term = 3
+    requests.on_leader_known(0.02)
+    assert raw.proposed == [b"w", b"w"]
 
 
 @pytest.mark.parametrize("reached_leader, code", [(True, "timeout"), (False, "no_leader")])

@@ -34,7 +34,8 @@ from registry.logformat import (
     stderr_is_journal,
     syslog_priority,
 )
-from registry.node.config import build, check_settings, read_file
+from registry.node.config import MAX_HANDOVER_S, NodeConfig, build, check_settings, read_file
+from registry.node.loop import HANDOVER_DRAIN_S
 from registry.node.sdnotify import Notifier, watchdog_interval_s
 
 from ..integration.cluster import LOAD_MARGIN_S, ROOT, free_ports, poll, registry_cmd
@@ -361,3 +362,18 @@ def test_a_file_the_check_passes_builds(tmp_path: Path) -> None:
     config = build(settings)
     assert config.peers == {"n2": ("10.0.0.2", 7001), "n3": ("10.0.0.3", 7001)}
     assert config.dns_ttl_s == 10
+
+
+@pytest.mark.parametrize("unit", ["registry.service", "registry@.service"])
+def test_a_leaders_hand_over_on_sigterm_fits_the_units_stop_timeout(unit: str) -> None:
+    """SIGTERM on a leader hands leadership over (at most MAX_HANDOVER_S, whatever the timing
+    settings), then answers what waits on it (HANDOVER_DRAIN_S), then stops its children and its
+    store: all of it must end before systemd's TimeoutStopSec sends SIGKILL, with 5 s to spare."""
+    text = (ROOT / "systemd" / unit).read_text()
+    [stop] = re.findall(r"^TimeoutStopSec=(\d+)s$", text, flags=re.M)
+    assert MAX_HANDOVER_S + HANDOVER_DRAIN_S + 5 <= int(stop)
+    base = {"name": "n1", "data_dir": Path("/tmp/unused"), "raft": ("127.0.0.1", 7001),
+            "client": ("127.0.0.1", 7101), "dns": ("127.0.0.1", 8600)}
+    assert NodeConfig(**base).handover_timeout_s == 2 * (2 * 8 - 1) * 0.05  # the default: 1.5 s
+    slowest = NodeConfig(**base, tick_interval_ms=10_000, election_ticks=1_000)
+    assert slowest.handover_timeout_s == MAX_HANDOVER_S

@@ -231,3 +231,62 @@ def test_stale_timeout_now_is_ignored() -> None:
     assert of_type(flush(c, 2), RequestVote) == []
     raft = c.raft(2)
     assert (raft.role, raft.term, raft.leader_id) == (Role.FOLLOWER, 4, 1)
+
+
+# == Choosing whom to hand over to (RawNode.transfer_candidate) ================================
+
+
+def test_transfer_candidate_is_the_voter_with_the_highest_match_index() -> None:
+    """The candidate for a hand-over is the voter that holds the most of the leader's log, so the
+    transfer needs the least catching up (dissertation §3.10)."""
+    c = lagging_cluster()  # node 3 missed three entries
+    status = c.nodes[NodeId(1)].status()
+    assert status.progress[NodeId(2)].match_index > status.progress[NodeId(3)].match_index
+    assert c.nodes[NodeId(1)].transfer_candidate() == 2
+
+
+def test_transfer_candidate_breaks_a_tie_by_recent_contact_then_lowest_id() -> None:
+    """Between voters equally caught up, one heard from in this election timeout wins over one
+    that went quiet, and otherwise the lowest id: the choice is deterministic."""
+    c = Cluster(voters=(1, 2, 3, 4, 5))
+    c.campaign(1)
+    c.tick_all(2)
+    matches = {p: pr.match_index for p, pr in c.nodes[NodeId(1)].status().progress.items()}
+    assert len(set(matches.values())) == 1, matches  # premise: a tie
+    assert c.nodes[NodeId(1)].transfer_candidate() == 2
+
+    c.isolate(2)
+    c.tick_all(ET)  # a check-quorum round forgets who answered; only 3, 4 and 5 answer again
+    status = c.nodes[NodeId(1)].status()
+    assert status.role is Role.LEADER
+    assert len({pr.match_index for pr in status.progress.values()}) == 1  # still a tie on match
+    assert not status.progress[NodeId(2)].recent_active and status.progress[NodeId(3)].recent_active
+    assert c.nodes[NodeId(1)].transfer_candidate() == 3
+
+
+def test_transfer_candidate_is_never_a_learner() -> None:
+    """A learner ahead of every voter is still not a candidate: only a voter can be elected
+    (dissertation §4.2.1)."""
+    c = Cluster(learners=[4])
+    c.campaign(1)
+    c.partition([1, 4], [2], [3])
+    c.propose(1, b"only the learner gets this")
+    c.stabilize()
+    progress = c.nodes[NodeId(1)].status().progress
+    assert progress[NodeId(4)].match_index > max(progress[NodeId(2)].match_index, progress[NodeId(3)].match_index)
+    assert c.nodes[NodeId(1)].transfer_candidate() == 2
+
+
+def test_transfer_candidate_is_none_without_another_voter_and_needs_the_leader() -> None:
+    """A single-voter cluster has nobody to hand over to (None); a follower cannot choose and
+    raises NotLeader naming the leader."""
+    solo = Cluster(voters=(1,), learners=(2,))
+    solo.campaign(1)
+    assert solo.raft(1).role is Role.LEADER
+    assert solo.nodes[NodeId(1)].transfer_candidate() is None
+
+    c = Cluster()
+    c.campaign(1)
+    with pytest.raises(NotLeader) as err:
+        c.nodes[NodeId(2)].transfer_candidate()
+    assert err.value.leader_hint == 1
