@@ -125,6 +125,9 @@ class Raft:
         self.votes: dict[NodeId, bool] = {}
         self.progress: dict[NodeId, Progress] = {}
         self.lead_transferee: NodeId = NO_NODE
+        # A TimeoutNow went out in this term: its target may campaign whenever it arrives, even
+        # after the transfer was abandoned, and voters then ignore the lease (see has_lease).
+        self._timeout_now_sent = False
         self.read_states: list[ReadState] = []
         self._outbox: list[Message] = []
         self._read_seq = 0  # last read-index round sent (leader)
@@ -206,9 +209,13 @@ class Raft:
         self.lead_transferee = to
         self.election_elapsed = 0  # the transfer must finish within one election timeout
         if self.progress[to].match_index == self.log.last_index:
-            self.send(TimeoutNow(self.node_id, to, self.term))
+            self._send_timeout_now(to)
         else:
             self.send_append(to, allow_empty=True)
+
+    def _send_timeout_now(self, to: NodeId) -> None:
+        self._timeout_now_sent = True
+        self.send(TimeoutNow(self.node_id, to, self.term))
 
     def transfer_candidate(self) -> NodeId | None:
         """The voter best placed to take over (dissertation §3.10): the highest match index, then
@@ -347,6 +354,7 @@ class Raft:
         self.votes = {}
         self.progress = {}
         self.lead_transferee = NO_NODE
+        self._timeout_now_sent = False
         self._pending_reads = []
         self._reads_awaiting_commit = []
         self._needs_broadcast = False
@@ -393,7 +401,9 @@ class Raft:
         The lease ends one tick earlier, at T + election_ticks - 1: the tick phases of two nodes
         differ by up to one tick.
 
-        None during a leadership transfer (TimeoutNow makes voters ignore that rule), without
+        None during a leadership transfer and for the rest of the term once a TimeoutNow went out
+        (TimeoutNow makes voters ignore that rule, and one delayed past an abandoned transfer
+        still elects its target), without
         check_quorum (followers then grant votes at once), or before this leader committed an
         entry of its term (its commit index may lag the last leader's).
 
@@ -402,7 +412,7 @@ class Raft:
         that it heard from the leader and may vote at once: a known limit of lease reads (etcd's
         ReadOnlyLeaseBased has it too), for callers whose reads can bear it."""
         if (self.role is not Role.LEADER or not self.config.check_quorum or self.lead_transferee != NO_NODE
-                or self.log.term(self.log.commit_index) != self.term):
+                or self._timeout_now_sent or self.log.term(self.log.commit_index) != self.term):
             return False
         if self.membership.voters == {self.node_id}:
             return True
@@ -624,7 +634,7 @@ class Raft:
                     pr.match_index, self.log.commit_index):
                 self._send_heartbeat(m.source)  # the follower can now learn a commit it lacked
             if m.source == self.lead_transferee and pr.match_index == self.log.last_index:
-                self.send(TimeoutNow(self.node_id, m.source, self.term))
+                self._send_timeout_now(m.source)
 
     def _hint_next(self, m: AppendEntriesResponse) -> int:
         """Where to probe next from a rejection's hint: past our last entry of the follower's

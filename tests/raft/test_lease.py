@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from registry.raft import AppendEntriesResponse, Heartbeat, NodeId, Raft, RawNode, Role
+from registry.raft import AppendEntriesResponse, Heartbeat, Message, NodeId, Raft, RawNode, Role, TimeoutNow
 
 from .env import Cluster, settle
 
@@ -120,6 +120,37 @@ def test_no_lease_during_a_leadership_transfer() -> None:
     c.stabilize()
     c.nodes[NodeId(1)].transfer_leadership(NodeId(2))
     assert c.raft(1).lead_transferee == 2
+    assert not lease(c)
+
+
+def test_no_lease_for_the_rest_of_the_term_once_a_timeout_now_went_out() -> None:
+    """A TimeoutNow held up past the abandoned transfer (a paused target, a queue) still elects its
+    target at once, whatever the voters' lease: the leader that sent it must not trust its lease
+    again in that term, or it serves reads that the new leader's writes have made stale."""
+    c = leading()
+    c.tick_all()
+    held: list[Message] = []
+
+    def hold_timeout_now(m: Message) -> bool:
+        if isinstance(m, TimeoutNow):
+            held.append(m)
+            return False
+        return True
+
+    c.nodes[NodeId(1)].transfer_leadership(NodeId(2))  # 2 holds the whole log: TimeoutNow goes at once
+    settle(c, hold_timeout_now)
+    assert held, "the premise: the leader sent TimeoutNow and it was held"
+    for _ in range(ET):  # the transfer is abandoned after one election timeout; heartbeats flow
+        c.tick_all(stabilize=False)
+        settle(c, hold_timeout_now)
+    r = c.raft(1)
+    assert r.role is Role.LEADER and r.lead_transferee == 0 and r._lease_until > r._ticks  # the premise
+    assert not lease(c)
+    c.isolate(1)
+    c.nodes[NodeId(2)].step(held[0])  # the late TimeoutNow: 2 campaigns and 3 votes at once
+    c.stabilize()
+    assert c.raft(2).role is Role.LEADER and c.raft(2).term > r.term
+    assert r.role is Role.LEADER  # the old leader has not noticed: only a lease would make it serve reads
     assert not lease(c)
 
 
