@@ -36,7 +36,7 @@ from typing import Any
 
 from registry.catalogue import Catalogue, SnapshotError
 from registry.catalogue.frozen import thaw
-from registry.childproc import child_arguments, open_feed, send_blocking
+from registry.childproc import child_arguments, open_feed, read_settings, send_blocking
 from registry.logformat import configure as configure_logging
 
 from .feed import (
@@ -297,10 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            settings_help="DnsSettings as JSON (written by DnsProcess)")
     configure_logging(logging.INFO, tag=f"dns[{os.getpid()}]")
     feed = open_feed(args)
-    try:
-        settings = DnsSettings.from_json(args.settings)
-    except (ValueError, TypeError) as exc:
-        send_blocking(feed, encode_error(f"bad DNS settings: {exc}"))
+    settings = read_settings(feed, args.settings, DnsSettings.from_json,
+                             lambda why: encode_error(f"bad DNS settings: {why}"))
+    if settings is None:
         return 2
     try:
         child = DnsChild(feed, _build_responder(settings), settings)

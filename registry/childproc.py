@@ -42,7 +42,7 @@ from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "LENGTH_HEADER", "TYPED_HEADER", "ChildProcess", "ChildStartError", "FrameError", "FrameQueue", "FrameReader",
-    "child_arguments", "open_feed", "receive", "send_blocking", "set_parent_death_signal", "settings_from_json",
+    "child_arguments", "open_feed", "read_settings", "receive", "send_blocking", "set_parent_death_signal", "settings_from_json",
     "settings_to_json",
 ]  # fmt: skip
 
@@ -433,6 +433,17 @@ def set_parent_death_signal(parent_pid: int) -> None:
             pass
     if parent_pid and os.getppid() != parent_pid:
         raise SystemExit(0)  # the parent died before we could ask to follow it
+
+
+def read_settings(feed: socket.socket, text: str, parse: Callable[[str], S],
+                  refusal: Callable[[str], bytes]) -> S | None:
+    """The child's settings parsed from ``--settings``; None once the parent was told why not
+    (``refusal(why)`` is the frame that says so: the child then exits with status 2)."""
+    try:
+        return parse(text)
+    except (ValueError, TypeError) as exc:
+        send_blocking(feed, refusal(str(exc)))
+        return None
 
 
 def send_blocking(sock: socket.socket, data: bytes, timeout_s: float = 5.0) -> None:

@@ -25,6 +25,7 @@ from registry.childproc import (
     FrameError,
     FrameQueue,
     FrameReader,
+    read_settings,
     receive,
     settings_from_json,
     settings_to_json,
@@ -355,3 +356,17 @@ def test_settings_round_trip() -> None:
     knobs = Knobs("x", 3)
     assert json.loads(settings_to_json(knobs)) == {"address": "x", "size": 3}
     assert settings_from_json(Knobs, settings_to_json(knobs), what="knobs") == knobs
+
+
+def test_a_child_refuses_bad_settings_with_the_frame_it_is_given() -> None:
+    """read_settings: good settings are returned; bad ones send refusal(why) to the parent and give None."""
+    parent, child = socket.socketpair()
+    try:
+        parse = lambda text: settings_from_json(Knobs, text, what="knobs")  # noqa: E731
+        assert read_settings(child, '{"address": "a"}', parse, lambda why: why.encode()) == Knobs("a")
+        assert read_settings(child, '{"nope": 1}', parse, lambda why: b"NO " + why.encode()) is None
+        parent.settimeout(SETTLE_S)
+        assert parent.recv(1024) == b"NO unknown knobs ['nope']; known: ['address', 'size']"
+    finally:
+        parent.close()
+        child.close()

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from registry.childproc import child_arguments, open_feed, send_blocking
+from registry.childproc import child_arguments, open_feed, read_settings
 from registry.logformat import configure as configure_logging
 
 from .checks import CheckSet
@@ -243,10 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            settings_help="ProberSettings as JSON (written by Prober)")
     configure_logging(logging.INFO, tag=f"prober[{os.getpid()}]")
     feed = open_feed(args)
-    try:
-        settings = ProberSettings.from_json(args.settings)
-    except (ValueError, TypeError) as exc:
-        send_blocking(feed, encode(ERROR, {"message": f"bad prober settings: {exc}"}))
+    settings = read_settings(feed, args.settings, ProberSettings.from_json,
+                             lambda why: encode(ERROR, {"message": f"bad prober settings: {why}"}))
+    if settings is None:
         return 2
     feed.setblocking(False)
     max_in_flight = max(1, min(settings.max_in_flight, _open_files_limit() - _RESERVED_FDS))
