@@ -82,8 +82,9 @@ class DnsProcess:
         self._requested = settings.address
         self._snapshot = snapshot
         self.max_backlog_bytes = max_backlog_bytes
-        self._child = ChildProcess(CHILD_MODULE, settings, name=f"the DNS process for {format_address(settings.address)}",
-                                   doing="serving", start_error=DnsStartError, recv_bytes=_PARENT_RECV_BYTES)
+        where = format_address(settings.address)
+        self._child = ChildProcess(CHILD_MODULE, settings, name=f"the DNS process for {where}", doing="serving",
+                                   start_error=DnsStartError, recv_bytes=_PARENT_RECV_BYTES)
         self._reader = feed.FrameReader(frozenset({feed.READY, feed.ERROR, feed.STATS, feed.RESYNC}))
         # Invariant: _queue holds whole frames in order; frames queued before start() wait there.
         self._queue = feed.FrameQueue()

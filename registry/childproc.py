@@ -41,7 +41,8 @@ from dataclasses import asdict, fields
 from typing import Any, Protocol, TypeVar
 
 __all__ = [
-    "LENGTH_HEADER", "TYPED_HEADER", "ChildProcess", "ChildStartError", "FrameError", "FrameQueue", "FrameReader",
+    "LENGTH_HEADER", "TYPED_HEADER", "ChildProcess", "ChildStartError", "FrameError", "FrameQueue",
+    "FrameReader",
     "child_arguments", "open_feed", "read_settings", "receive", "send_blocking", "set_parent_death_signal", "settings_from_json",
     "settings_to_json",
 ]  # fmt: skip
