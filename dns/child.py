@@ -26,20 +26,17 @@ ends it with status 3.
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import importlib
 import logging
 import os
-import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from registry.catalogue import Catalogue, SnapshotError
 from registry.catalogue.frozen import thaw
+from registry.childproc import child_arguments, open_feed, read_settings, send_blocking
 from registry.logformat import configure as configure_logging
 
 from .feed import (
@@ -288,57 +285,30 @@ class DnsChild:
         return self.exit_status
 
 
-def _set_parent_death_signal(parent_pid: int) -> None:
-    """Linux: SIGTERM this process when the parent dies; exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
-    if parent_pid and os.getppid() != parent_pid:
-        raise SystemExit(0)  # the parent died before we could ask to follow it
-
-
 def _build_responder(settings: DnsSettings) -> Any:
     module_name, _, attr = settings.responder.partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(**settings.responder_args())
 
 
-def _send_blocking(sock: socket.socket, data: bytes) -> None:
-    try:
-        sock.setblocking(True)
-        sock.settimeout(5.0)
-        sock.sendall(data)
-    except OSError:
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m registry_dns.child",
-                                     description="The DNS process of a registry agent (started by it).")
-    parser.add_argument("--fd", type=int, required=True, help="the feed socket inherited from the agent")
-    parser.add_argument("--parent-pid", type=int, default=0)
-    parser.add_argument("--settings", required=True, help="DnsSettings as JSON (written by DnsProcess)")
-    args = parser.parse_args(argv)
+    args = child_arguments(argv, prog="python -m registry_dns.child",
+                           description="The DNS process of a registry agent (started by it).",
+                           settings_help="DnsSettings as JSON (written by DnsProcess)")
     configure_logging(logging.INFO, tag=f"dns[{os.getpid()}]")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_parent_death_signal(args.parent_pid)
-    feed = socket.socket(fileno=args.fd)
-    try:
-        settings = DnsSettings.from_json(args.settings)
-    except (ValueError, TypeError) as exc:
-        _send_blocking(feed, encode_error(f"bad DNS settings: {exc}"))
+    feed = open_feed(args)
+    settings = read_settings(feed, args.settings, DnsSettings.from_json,
+                             lambda why: encode_error(f"bad DNS settings: {why}"))
+    if settings is None:
         return 2
     try:
         child = DnsChild(feed, _build_responder(settings), settings)
     except OSError as exc:
-        _send_blocking(feed, encode_error(exc.strerror or str(exc), exc.errno))
+        send_blocking(feed, encode_error(exc.strerror or str(exc), exc.errno))
         return 2
     except Exception as exc:  # a responder that refuses its settings, a bad responder path, ...
         log.exception("cannot start DNS on %s", format_address(settings.address))
-        _send_blocking(feed, encode_error(f"{type(exc).__name__}: {exc}"))
+        send_blocking(feed, encode_error(f"{type(exc).__name__}: {exc}"))
         return 2
     host, port = child.server.address
     feed.setblocking(True)

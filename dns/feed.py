@@ -20,17 +20,19 @@ Every frame is a 5-byte header, type (u8) and body length (u32, big-endian), the
 
 Both sides validate everything they read: an unknown type, a body over ``MAX_BODY_BYTES`` or a
 truncated record raises ``FeedError`` (the stream cannot be trusted any more; never a crash).
-Writers never block: ``FrameQueue`` keeps what the socket did not take and sends it later.
+Writers never block: ``FrameQueue`` keeps what the socket did not take and sends it later. The
+framing itself (header, reader, queue) is ``registry.childproc``'s, shared with the prober child.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import struct
-from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from registry import childproc
+from registry.childproc import FrameQueue, receive
 
 __all__ = [
     "CONTACT", "ENTRIES", "ERROR", "READY", "RESTORE", "RESYNC", "STATS", "MAX_BODY_BYTES",
@@ -45,14 +47,13 @@ KNOWN_TYPES = frozenset({ENTRIES, CONTACT, RESTORE, READY, ERROR, STATS, RESYNC}
 #: The largest body either side accepts (a catalogue snapshot is the largest frame).
 MAX_BODY_BYTES = 1 << 30
 
-_HEADER = struct.Struct("!BI")
+_HEADER = childproc.TYPED_HEADER
 _RECORD = struct.Struct("!QBI")
 _CONTACT = struct.Struct("!Bd")
 _INDEX = struct.Struct("!Q")
-_MAX_IOV = 64
 
 
-class FeedError(ValueError):
+class FeedError(childproc.FrameError):
     """Bytes on the feed that are not a valid frame: the stream is corrupt."""
 
 
@@ -120,17 +121,6 @@ def decode_json(body: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def receive(sock: socket.socket, size: int) -> bytes | None:
-    """Up to ``size`` bytes from a non-blocking ``sock``: None if none are ready, b"" at EOF
-    (an error other than "would block" counts as EOF: the peer is gone either way)."""
-    try:
-        return sock.recv(size)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError:
-        return b""
-
-
 def encode_index(index: int) -> bytes:
     return _INDEX.pack(index)
 
@@ -141,102 +131,17 @@ def decode_index(body: bytes) -> int:
     return int(_INDEX.unpack(body)[0])
 
 
-class FrameReader:
-    """Reassembles frames from a byte stream, any split; validates every header."""
+class FrameReader(childproc.FrameReader):
+    """Reassembles feed frames from a byte stream, any split; validates every header.
+
+    A type outside ``accept`` or a body over ``MAX_BODY_BYTES`` raises FeedError.
+    """
+
+    error = FeedError
 
     def __init__(self, accept: frozenset[int] = KNOWN_TYPES) -> None:
-        self._accept = accept
-        self._buffer = bytearray()
-
-    @property
-    def buffered_bytes(self) -> int:
-        return len(self._buffer)
+        super().__init__(max_body_bytes=MAX_BODY_BYTES, accept=accept)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add ``data``; return every complete (type, body). Raises FeedError on a bad header."""
-        buffer = self._buffer
-        buffer += data
-        frames: list[tuple[int, bytes]] = []
-        start, end = 0, len(buffer)
-        header = _HEADER.size
-        while end - start >= header:
-            kind, length = _HEADER.unpack_from(buffer, start)
-            if kind not in self._accept:
-                raise FeedError(f"unknown frame type {kind}")
-            if length > MAX_BODY_BYTES:
-                raise FeedError(f"frame of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
-            if end - start - header < length:
-                break
-            frames.append((kind, bytes(buffer[start + header : start + header + length])))
-            start += header + length
-        if start:
-            del buffer[:start]
-        return frames
-
-
-class FrameQueue:
-    """Frames waiting to be written to a non-blocking socket, in order, never split or mixed.
-
-    ``push`` adds a frame; ``flush(sock)`` writes as much as the socket takes now. A frame of a
-    ``coalesce`` type replaces a queued, not yet started frame of the same type at the tail
-    (only the latest CONTACT or STATS matters).
-    """
-
-    def __init__(self) -> None:
-        # Invariant: _sent < len(_frames[0]) when _frames is non-empty; _pending == unsent bytes.
-        self._frames: deque[tuple[int, bytes]] = deque()
-        self._sent = 0
-        self._pending = 0
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._pending
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def push(self, kind: int, data: bytes, *, coalesce: bool = False) -> None:
-        frames = self._frames
-        if coalesce and frames and frames[-1][0] == kind and (len(frames) > 1 or self._sent == 0):
-            self._pending -= len(frames[-1][1])
-            frames.pop()
-        frames.append((kind, data))
-        self._pending += len(data)
-
-    def drop_unsent(self) -> int:
-        """Forget every frame not yet started (a started one is finished). Returns bytes dropped."""
-        frames = self._frames
-        keep = 1 if frames and self._sent else 0
-        dropped = 0
-        while len(frames) > keep:
-            dropped += len(frames.pop()[1])
-        self._pending -= dropped
-        return dropped
-
-    def has_unsent(self, kind: int) -> bool:
-        """True if a frame of this type is queued and not yet started."""
-        for i, (k, _) in enumerate(self._frames):
-            if k == kind and (i > 0 or self._sent == 0):
-                return True
-        return False
-
-    def flush(self, sock: socket.socket) -> bool:
-        """Write what the socket takes without blocking. True when nothing is left.
-
-        Raises OSError (BrokenPipeError, ConnectionResetError, ...) if the peer is gone.
-        """
-        frames = self._frames
-        while frames:
-            buffers = [memoryview(frames[0][1])[self._sent :]]
-            for i in range(1, min(len(frames), _MAX_IOV)):
-                buffers.append(frames[i][1])
-            try:
-                sent = sock.sendmsg(buffers, [], socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return False
-            self._pending -= sent
-            sent += self._sent
-            while frames and sent >= len(frames[0][1]):
-                sent -= len(frames.popleft()[1])
-            self._sent = sent
-        return True
+        return self.split(data)

@@ -38,16 +38,12 @@ Failure: a child that dies is not restarted here. ``alive()`` turns False, ``sta
 
 from __future__ import annotations
 
-import errno as errno_codes
 import logging
-import os
-import selectors
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from registry.childproc import ChildProcess
 
 from . import feed
 from .server import format_address
@@ -61,7 +57,6 @@ log = logging.getLogger("registry.dns")
 CHILD_MODULE = "registry_dns.child"
 
 _PARENT_RECV_BYTES = 64 * 1024
-_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 class DnsProcessError(RuntimeError):
@@ -87,8 +82,9 @@ class DnsProcess:
         self._requested = settings.address
         self._snapshot = snapshot
         self.max_backlog_bytes = max_backlog_bytes
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
+        where = format_address(settings.address)
+        self._child = ChildProcess(CHILD_MODULE, settings, name=f"the DNS process for {where}", doing="serving",
+                                   start_error=DnsStartError, recv_bytes=_PARENT_RECV_BYTES)
         self._reader = feed.FrameReader(frozenset({feed.READY, feed.ERROR, feed.STATS, feed.RESYNC}))
         # Invariant: _queue holds whole frames in order; frames queued before start() wait there.
         self._queue = feed.FrameQueue()
@@ -113,114 +109,47 @@ class DnsProcess:
 
     @property
     def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        return self._child.pid
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the child; return once it serves, else raise DnsStartError with its message."""
-        if self._proc is not None:
+        if self._child.started:
             raise DnsProcessError("the DNS process was already started")
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for sock in (parent, child):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER_BYTES)
-            except OSError:
-                pass
         try:
-            args = [sys.executable, "-m", CHILD_MODULE, "--fd", str(child.fileno()),
-                    "--parent-pid", str(os.getpid()), "--settings", self.settings.to_json()]
-            self._proc = subprocess.Popen(args, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()  # NB: only the child holds it now, so the child's EOF means we are gone
-        self._sock = parent
-        try:
-            self._await_ready(timeout_s)
+            self._child.start(timeout_s, self._on_start_data)
         except feed.FeedError as exc:
             self._gone = True
-            self._kill()
             raise _start_error(None, f"the DNS process sent a corrupt report while starting: {exc}") from exc
         except BaseException:
             self._gone = True
             self._queue = feed.FrameQueue()
-            self._kill()
             raise
-        parent.setblocking(False)
         self._flush()
 
-    def _await_ready(self, timeout_s: float) -> None:
-        assert self._sock is not None and self._proc is not None
-        deadline = time.monotonic() + timeout_s
-        where = format_address(self._requested)
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._sock, selectors.EVENT_READ)
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _start_error(errno_codes.ETIMEDOUT,
-                                       f"the DNS process for {where} did not start within {timeout_s} s")
-                if not selector.select(min(left, 0.1)):
-                    if self._proc.poll() is not None:
-                        raise _start_error(None, f"the DNS process for {where} exited with status "
-                                                 f"{self._proc.returncode} before serving (see its log)")
-                    continue
-                data = self._sock.recv(_PARENT_RECV_BYTES)
-                if not data:
-                    try:
-                        status: int | None = self._proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                    except subprocess.TimeoutExpired:
-                        status = None
-                    raise _start_error(None, f"the DNS process for {where} exited with status {status} "
-                                             "before serving (see its log)")
-                for kind, body in self._reader.feed(data):
-                    if kind == feed.ERROR and self._address is None:
-                        info = feed.decode_json(body)
-                        code = info.get("errno") if isinstance(info.get("errno"), int) else None
-                        message = str(info.get("message", "unknown error"))
-                        raise _start_error(code, f"DNS could not start: {message}")
-                    if kind == feed.READY:
-                        info = feed.decode_json(body)
-                        self._address = (str(info["host"]), int(info["port"]))
-                        log.info("DNS process %d serving on %s", self._proc.pid, format_address(self._address))
-                    else:
-                        self._handle(kind, body)  # NB: also a report that came in one read with READY
-                if self._address is not None:
-                    return
+    def _on_start_data(self, data: bytes) -> bool:
+        """The handshake: READY (or ERROR, the child's reason not to serve); True once serving."""
+        for kind, body in self._reader.feed(data):
+            if kind == feed.ERROR and self._address is None:
+                info = feed.decode_json(body)
+                code = info.get("errno") if isinstance(info.get("errno"), int) else None
+                message = str(info.get("message", "unknown error"))
+                raise _start_error(code, f"DNS could not start: {message}")
+            if kind == feed.READY:
+                info = feed.decode_json(body)
+                self._address = (str(info["host"]), int(info["port"]))
+                log.info("DNS process %d serving on %s", self._child.pid, format_address(self._address))
+            else:
+                self._handle(kind, body)  # NB: also a report that came in one read with READY
+        return self._address is not None
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child.alive()
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """Stop the child (EOF on the feed, then SIGTERM, then SIGKILL); its exit status."""
-        proc = self._proc
         self._gone = True
         self._queue = feed.FrameQueue()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if proc is None:
-            return None
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return self._kill()
-
-    def _kill(self) -> int | None:
-        proc = self._proc
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                return proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        return proc.wait()
+        return self._child.stop(timeout_s)
 
     def __enter__(self) -> DnsProcess:
         return self
@@ -280,12 +209,12 @@ class DnsProcess:
         self._flush()
 
     def _flush(self) -> None:
-        sock = self._sock
+        sock = self._child.sock
         if sock is None or self._address is None:  # not started (frames wait) or stopped
             self._account()
             return
         self._receive()
-        if self._sock is None:
+        if self._child.sock is None:
             return
         if self._resync_from is not None:
             if self._snapshot is not None and not self._queue.has_unsent(feed.RESTORE):
@@ -327,7 +256,7 @@ class DnsProcess:
         return False
 
     def _receive(self) -> None:
-        sock = self._sock
+        sock = self._child.sock
         assert sock is not None
         for _ in range(16):
             data = feed.receive(sock, _PARENT_RECV_BYTES)
@@ -360,9 +289,7 @@ class DnsProcess:
     def _lost(self, why: str) -> None:
         self._gone = True
         self._queue = feed.FrameQueue()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._child.close()
         self._error = self._error or why
         log.error("%s; DNS is not served by this node until it is restarted", why)
 
@@ -378,7 +305,7 @@ class DnsProcess:
         ``leader_contact_age_s``, ``gap``, ``responder`` (the responder's own counters), ...
         ``report_age_s`` says how old the report (and so its counters) is.
         """
-        if self._sock is not None and self._address is not None:
+        if self._child.sock is not None and self._address is not None:
             self._flush()
         out: dict[str, Any] = dict(self._latest)
         out.update(self._parent)

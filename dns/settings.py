@@ -12,12 +12,12 @@ bound) is given to ``DnsProcess`` itself.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from registry.catalogue import MAX_SESSIONS
+from registry.childproc import settings_from_json, settings_to_json
 
 from .zone import DEFAULT_DOMAIN
 
@@ -72,24 +72,12 @@ class DnsSettings:
                 "max_udp_payload": self.max_udp_payload, "nameservers": self.nameservers}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return settings_to_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> DnsSettings:
         """The settings ``to_json`` wrote; ValueError saying what is wrong otherwise."""
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"DNS settings are not JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise ValueError(f"DNS settings must be a JSON object, got {type(value).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown DNS settings {unknown}; known: {sorted(known)}")
-        if "address" not in value:
-            raise ValueError("DNS settings lack 'address'")
-        return cls(**value)
+        return settings_from_json(cls, text, what="DNS settings", required=("address",))
 
 
 def _address(value: Any) -> tuple[str, int]:

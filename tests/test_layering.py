@@ -182,10 +182,16 @@ RULES = [
         ("registry/health",),
         lambda _, name: not (
             within(name, "registry.health") or within(name, "registry.catalogue")
-            or within(name, "registry.logformat") or _top(name) == "msgpack"
+            or within(name, "registry.logformat") or within(name, "registry.childproc") or _top(name) == "msgpack"
             or _top(name) in sys.stdlib_module_names),
-        "registry.health (the prober) uses the catalogue's types, logformat, the standard library and msgpack; "
-        "never raft, storage, transport or node",
+        "registry.health (the prober) uses the catalogue's types, logformat, childproc, the standard library and "
+        "msgpack; never raft, storage, transport or node",
+    ),
+    Rule(
+        "childproc-a-stdlib-leaf",
+        ("registry/childproc.py",),
+        lambda _, name: _top(name) not in sys.stdlib_module_names,
+        "registry.childproc (what the DNS and prober children share) imports only the standard library",
     ),
     Rule(
         "node-never-imports-sim",
@@ -393,6 +399,7 @@ def test_rules_fail_on_a_bad_tree(tmp_path: Path) -> None:
         "registry/client/retry.py": "import time\n",
         "registry/health/child.py": ("import asyncio, msgpack\nfrom registry.catalogue.model import Check\n"
                                      "from registry.node import loop\nfrom ..storage import lmdb_store\nimport zmq\n"),
+        "registry/childproc.py": "import socket\nfrom registry.logformat import configure\nfrom . import naming\n",
     }
     for rel, text in planted.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -421,6 +428,10 @@ def test_rules_fail_on_a_bad_tree(tmp_path: Path) -> None:
             "registry/health/child.py:3 imports registry.node.loop",
             "registry/health/child.py:4 imports registry.storage.lmdb_store",
             "registry/health/child.py:5 imports zmq",
+        ],
+        "childproc-a-stdlib-leaf": [
+            "registry/childproc.py:2 imports registry.logformat.configure",
+            "registry/childproc.py:3 imports registry.naming",
         ],
     }
     assert random_violations(tmp_path) == ["registry/raft/timer.py:2 uses random.random"]

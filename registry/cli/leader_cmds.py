@@ -20,16 +20,10 @@ from typing import Annotated
 
 import typer
 
-from registry.cli.options import JsonOption, ServersOption, TimeoutOption, open_client
+from registry.cli.options import JsonOption, ServersOption, TimeoutOption, command_group, open_client
 from registry.cli.output import echo_json, echo_table, fail
 
-leader_app = typer.Typer(
-    name="leader",
-    help="Leadership: hand it over to another node.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-)
+leader_app = command_group("leader", "Leadership: hand it over to another node.")
 
 #: Enough for a hand-over (twice the longest election timeout: 1.5 s by default) through a
 #: follower, on a loaded machine.

@@ -17,7 +17,7 @@ import typer
 import registry
 from registry.cli import cluster_cmds, config_cmds, health_cmds, leader_cmds, snapshot_cmds
 from registry.cli.durations import duration_option
-from registry.cli.options import JsonOption, ServersOption, TimeoutOption, open_client
+from registry.cli.options import JsonOption, ServersOption, TimeoutOption, command_group, open_client
 from registry.cli.output import echo_json, echo_table, fail, reason, registered_changes, registered_line
 from registry.naming import INSTANCE_EXAMPLES, AddressError, parse_hostport
 
@@ -25,13 +25,7 @@ if TYPE_CHECKING:
     from registry.client import NodeStatus
     from registry.sim import SimResult
 
-app = typer.Typer(
-    name="registry",
-    help="Service-discovery registry: Raft over ZeroMQ, an LMDB log, a DNS responder.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-)
+app = command_group("registry", "Service-discovery registry: Raft over ZeroMQ, an LMDB log, a DNS responder.")
 
 # How often the sweep reports progress on stderr: often on a terminal (one overwritten line),
 # rarely in a log file.

@@ -1,5 +1,5 @@
-"""Options shared by the client commands (registry.cli.main and registry.cli.snapshot_cmds), and
-the client they open.
+"""What the command modules share: their command groups (``command_group``), the options of the
+client commands (registry.cli.main, snapshot_cmds, leader_cmds, ...), and the client they open.
 
 Server addresses are checked while parsing (HOST:PORT), and their host names are looked up before
 anything is sent: a name that does not resolve is a usage error (exit 2, "cannot resolve host"),
@@ -18,6 +18,13 @@ from registry.naming import SERVER_EXAMPLES, AddressError, parse_hostport
 
 if TYPE_CHECKING:
     from registry.client import Client
+
+
+def command_group(name: str, help: str) -> typer.Typer:  # noqa: A002 (typer's own word)
+    """A typer app for ``registry NAME ...``: help without arguments, no shell completion, and no
+    local variables in tracebacks (they may hold a snapshot's bytes or a client's state)."""
+    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_show_locals=False)
 
 
 def _check_servers(values: list[str] | None) -> list[str] | None:

@@ -27,20 +27,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from registry.cli.options import JsonOption, ServersOption, TimeoutOption, open_client
+from registry.cli.options import JsonOption, ServersOption, TimeoutOption, command_group, open_client
 from registry.cli.output import echo_json, echo_table, fail, invalid
 
 if TYPE_CHECKING:
     from registry.catalogue import Catalogue
     from registry.storage.snapfile import SnapshotHeader
 
-snapshot_app = typer.Typer(
-    name="snapshot",
-    help="Save, inspect and restore catalogue snapshots.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-)
+snapshot_app = command_group("snapshot", "Save, inspect and restore catalogue snapshots.")
 
 DEFAULT_TIMEOUT_S = 60.0  # a snapshot can be tens of MB, and a restore is applied on every node
 

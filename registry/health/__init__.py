@@ -8,8 +8,9 @@ thresholds counted from the status the catalogue gave (``ProbeSpec.status``). It
 nothing: the node turns reports into ``SetHealth`` commands, and only while it leads.
 Rule 3: a report names the revision it was counted for; ``Prober.drain`` drops reports for
 checks that were removed or re-registered since, and the catalogue refuses any that slip by.
-Rule 4: imports only ``registry.catalogue`` (the model types), ``registry.logformat``, the
-standard library and msgpack; never raft, storage, transport or node. Frames are msgpack, never
+Rule 4: imports only ``registry.catalogue`` (the model types), ``registry.logformat``,
+``registry.childproc`` (the child-process machinery it shares with the DNS child), the standard
+library and msgpack; never raft, storage, transport or node. Frames are msgpack, never
 pickle.
 """
 

@@ -22,19 +22,16 @@ it. Bad settings end it with status 2 (after an ERROR frame saying why).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import resource
-import signal
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from registry.childproc import child_arguments, open_feed, read_settings
 from registry.logformat import configure as configure_logging
 
 from .checks import CheckSet
@@ -156,7 +153,7 @@ class ProberChild:
         reports = [encode_report(r) for r in self.pending.values()]
         self.pending.clear()
         self.counts["reports_sent"] += len(reports)
-        self.out.push(encode(REPORTS, reports))
+        self.out.push(REPORTS, encode(REPORTS, reports))
         self.send()
 
     def send(self) -> None:
@@ -181,7 +178,7 @@ class ProberChild:
         self.loop.call_later(self.settings.stats_interval_s, self.report_stats)
         if self.out.pending_bytes:
             return
-        self.out.push(encode(STATS, self.stats()))
+        self.out.push(STATS, encode(STATS, self.stats()))
         self.send()
 
     def stats(self) -> dict[str, Any]:
@@ -210,7 +207,7 @@ class ProberChild:
     async def run(self) -> int:
         fd = self.feed.fileno()
         self.loop.add_reader(fd, self.on_readable)
-        self.out.push(encode(READY, {"pid": os.getpid(), "max_in_flight": self.max_in_flight}))
+        self.out.push(READY, encode(READY, {"pid": os.getpid(), "max_in_flight": self.max_in_flight}))
         self.send()
         self.report_stats()
         try:
@@ -221,18 +218,6 @@ class ProberChild:
                 self.loop.remove_writer(fd)
             self.checks.close()
         return 0
-
-
-def _set_parent_death_signal(parent_pid: int) -> None:
-    """Linux: SIGTERM this process when the parent dies; exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
-    if parent_pid and os.getppid() != parent_pid:
-        raise SystemExit(0)  # the parent died before we could ask to follow it
 
 
 def _open_files_limit() -> int:
@@ -253,23 +238,14 @@ async def _run(feed: socket.socket, settings: ProberSettings, max_in_flight: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m registry.health.child",
-                                     description="The prober process of a registry agent (started by it).")
-    parser.add_argument("--fd", type=int, required=True, help="the feed socket inherited from the agent")
-    parser.add_argument("--parent-pid", type=int, default=0)
-    parser.add_argument("--settings", required=True, help="ProberSettings as JSON (written by Prober)")
-    args = parser.parse_args(argv)
+    args = child_arguments(argv, prog="python -m registry.health.child",
+                           description="The prober process of a registry agent (started by it).",
+                           settings_help="ProberSettings as JSON (written by Prober)")
     configure_logging(logging.INFO, tag=f"prober[{os.getpid()}]")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_parent_death_signal(args.parent_pid)
-    feed = socket.socket(fileno=args.fd)
-    try:
-        settings = ProberSettings.from_json(args.settings)
-    except (ValueError, TypeError) as exc:
-        try:
-            feed.sendall(encode(ERROR, {"message": f"bad prober settings: {exc}"}))
-        except OSError:
-            pass
+    feed = open_feed(args)
+    settings = read_settings(feed, args.settings, ProberSettings.from_json,
+                             lambda why: encode(ERROR, {"message": f"bad prober settings: {why}"}))
+    if settings is None:
         return 2
     feed.setblocking(False)
     max_in_flight = max(1, min(settings.max_in_flight, _open_files_limit() - _RESERVED_FDS))

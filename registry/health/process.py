@@ -30,16 +30,13 @@ Failure: a child that dies is not restarted here. ``alive()`` turns False, ``sta
 
 from __future__ import annotations
 
-import errno as errno_codes
 import logging
-import os
-import selectors
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from typing import Any
+
+from registry.childproc import ChildProcess
 
 from .settings import ProberSettings
 from .spec import ProbeReport, ProbeSpec
@@ -66,7 +63,6 @@ __all__ = ["CHILD_MODULE", "Prober", "ProberError", "ProberStartError"]
 CHILD_MODULE = "registry.health.child"
 
 _RECV_BYTES = 256 * 1024
-_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 _MAX_READS_PER_DRAIN = 64
 
 
@@ -84,9 +80,8 @@ class Prober:
     def __init__(self, settings: ProberSettings | None = None, logger: logging.Logger | None = None) -> None:
         self.settings = settings or ProberSettings()
         self.log = logger or logging.getLogger("registry.health")
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._quiet: socket.socket | None = None  # holds the far end of the stand-in after a loss
+        self._child = ChildProcess(CHILD_MODULE, self.settings, name="the prober process",
+                                   start_error=ProberStartError, recv_bytes=_RECV_BYTES)
         self._reader = FrameReader()
         # Invariant: _queue holds whole frames in order; frames queued before start() wait there.
         self._queue = FrameQueue()
@@ -105,111 +100,48 @@ class Prober:
 
     @property
     def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        return self._child.pid
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the child; return once it runs, else raise ProberStartError saying why."""
-        if self._proc is not None:
+        if self._child.started:
             raise ProberError("the prober was already started")
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for sock in (parent, child):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER_BYTES)
-            except OSError:
-                pass
         try:
-            args = [sys.executable, "-m", CHILD_MODULE, "--fd", str(child.fileno()),
-                    "--parent-pid", str(os.getpid()), "--settings", self.settings.to_json()]
-            self._proc = subprocess.Popen(args, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()  # NB: only the child holds it now, so the child's EOF means we are gone
-        self._sock = parent
-        try:
-            self._await_ready(timeout_s)
+            self._child.start(timeout_s, self._on_start_data)
         except BaseException:
             self._gone = True
-            self._kill()
             raise
-        parent.setblocking(False)
         self._flush()
 
-    def _await_ready(self, timeout_s: float) -> None:
-        assert self._sock is not None and self._proc is not None
-        deadline = time.monotonic() + timeout_s
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._sock, selectors.EVENT_READ)
-            while not self._ready:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ProberStartError(errno_codes.ETIMEDOUT, f"the prober process did not start within {timeout_s} s")
-                if not selector.select(min(left, 0.1)):
-                    if self._proc.poll() is not None:
-                        raise ProberStartError(f"the prober process exited with status {self._proc.returncode} "
-                                               "before running (see its log)")
-                    continue
-                data = self._sock.recv(_RECV_BYTES)
-                if not data:
-                    try:
-                        status: int | None = self._proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                    except subprocess.TimeoutExpired:
-                        status = None
-                    raise ProberStartError(f"the prober process exited with status {status} before running "
-                                           "(see its log)")
-                for body in self._reader.feed(data):
-                    kind, payload = self._decode(body)
-                    if kind == ERROR:
-                        raise ProberStartError(f"the prober could not start: {_message(payload)}")
-                    if kind == READY:
-                        self._ready = True
-                        self.log.info("prober process %d running (%s probes in flight at most)",
-                                      self._proc.pid, payload.get("max_in_flight") if isinstance(payload, dict) else "?")
-                    elif kind is not None:
-                        self._handle(kind, payload)
+    def _on_start_data(self, data: bytes) -> bool:
+        """The handshake: READY (or ERROR, the child's reason not to run); True once running."""
+        for body in self._reader.feed(data):
+            kind, payload = self._decode(body)
+            if kind == ERROR:
+                raise ProberStartError(f"the prober could not start: {_message(payload)}")
+            if kind == READY:
+                self._ready = True
+                self.log.info("prober process %d running (%s probes in flight at most)",
+                              self._child.pid, payload.get("max_in_flight") if isinstance(payload, dict) else "?")
+            elif kind is not None:
+                self._handle(kind, payload)
+        return self._ready
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and not self._gone
+        return self._child.alive() and not self._gone
 
     def fileno(self) -> int:
         """The descriptor the node's poller watches: readable when the child sent something."""
-        if self._sock is None:
+        fd = self._child.fileno()
+        if fd is None:
             raise ProberError("the prober is not running (start it first; after stop it has no descriptor)")
-        return self._sock.fileno()
+        return fd
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """Stop the child (EOF on the feed, then SIGTERM, then SIGKILL); its exit status."""
-        proc = self._proc
         self._gone = True
         self._queue = FrameQueue()
-        self._close_sockets()
-        if proc is None:
-            return None
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return self._kill()
-
-    def _close_sockets(self) -> None:
-        for sock in (self._sock, self._quiet):
-            if sock is not None:
-                sock.close()
-        self._sock = self._quiet = None
-
-    def _kill(self) -> int | None:
-        proc = self._proc
-        self._close_sockets()
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                return proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        return proc.wait()
+        return self._child.stop(timeout_s)
 
     def __enter__(self) -> Prober:
         return self
@@ -228,7 +160,7 @@ class Prober:
             return
         self._revisions = {key: spec.revision for key, spec in wanted.items()}
         self._queue.drop_unsent()  # NB: a whole set supersedes every change queued before it
-        self._queue.push(encode(REPLACE, [encode_spec(spec) for spec in wanted.values()]))
+        self._queue.push(REPLACE, encode(REPLACE, [encode_spec(spec) for spec in wanted.values()]))
         self._parent["specs_sent"] += len(wanted)
         self._flush()
 
@@ -250,7 +182,7 @@ class Prober:
             self._revisions.pop(key, None)
         for spec in specs:
             self._revisions[spec.key] = spec.revision
-        self._queue.push(encode(UPDATE, [[encode_spec(spec) for spec in specs], [list(key) for key in keys]]))
+        self._queue.push(UPDATE, encode(UPDATE, [[encode_spec(spec) for spec in specs], [list(key) for key in keys]]))
         self._parent["specs_sent"] += len(specs)
         self._flush()
 
@@ -278,20 +210,20 @@ class Prober:
         self._flush()
 
     def _flush(self) -> None:
-        if self._sock is None or not self._ready or self._gone:
+        sock = self._child.sock
+        if sock is None or not self._ready or self._gone:
             return
-        self._receive()
+        self._receive(sock)
         if self._gone:
             return
         try:
-            self._queue.flush(self._sock)
+            self._queue.flush(sock)
         except OSError:
             self._lost("the prober process closed its feed")
 
-    def _receive(self) -> None:
-        assert self._sock is not None
+    def _receive(self, sock: socket.socket) -> None:
         for _ in range(_MAX_READS_PER_DRAIN):
-            data = receive(self._sock, _RECV_BYTES)
+            data = receive(sock, _RECV_BYTES)
             if data is None:
                 return
             if not data:
@@ -336,12 +268,7 @@ class Prober:
         self._queue = FrameQueue()
         self._error = self._error or why
         self.log.error("%s; checks are not probed by this node until it is restarted", why)
-        if self._sock is not None and self._quiet is None:
-            # NB: the node's poller holds our descriptor number: keep it valid but never readable
-            # again (a closed one could be reused by another file; an EOF one is always readable).
-            stand_in, self._quiet = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            os.dup2(stand_in.fileno(), self._sock.fileno())
-            stand_in.close()
+        self._child.silence()  # NB: the node's poller holds our descriptor number
 
     # -- inspection -------------------------------------------------------------------------------
 

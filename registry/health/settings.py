@@ -6,8 +6,9 @@ reads them back (``from_json``): add a field here and both sides have it. JSON, 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from registry.childproc import settings_from_json, settings_to_json
 
 __all__ = ["ProberSettings"]
 
@@ -45,19 +46,9 @@ class ProberSettings:
                 raise ValueError(f"{name} must be an integer of at least {low}, got {value!r}")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return settings_to_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> ProberSettings:
         """The settings ``to_json`` wrote; ValueError saying what is wrong otherwise."""
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"prober settings are not JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise ValueError(f"prober settings must be a JSON object, got {type(value).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown prober settings {unknown}; known: {sorted(known)}")
-        return cls(**value)
+        return settings_from_json(cls, text, what="prober settings")

@@ -17,19 +17,20 @@ Every frame is a length (u32, big-endian) and a msgpack body ``[type, payload]``
 
 A frame longer than ``MAX_FRAME_BYTES`` is skipped as it streams past (``FrameReader`` counts
 it); a body that does not decode is the caller's to count. So a bad frame never desynchronises
-the stream, and a reader's memory stays bounded.
+the stream, and a reader's memory stays bounded. The framing itself (reader, queue) is
+``registry.childproc``'s, shared with the DNS child; ``FrameQueue.push`` takes the frame's type
+as its label.
 """
 
 from __future__ import annotations
 
-import socket
-import struct
-from collections import deque
 from typing import Any
 
 import msgpack
 
+from registry import childproc
 from registry.catalogue.model import CheckKind, HealthStatus
+from registry.childproc import FrameQueue, receive
 
 from .spec import MAX_OUTPUT_CHARS, ProbeReport, ProbeSpec
 
@@ -45,11 +46,10 @@ READY, REPORTS, STATS, ERROR = 10, 11, 12, 13
 #: The longest frame either side accepts (10,000 specs take about 1 MB).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
-_LENGTH = struct.Struct("!I")
-_MAX_IOV = 64
+_LENGTH = childproc.LENGTH_HEADER
 
 
-class WireError(ValueError):
+class WireError(childproc.FrameError):
     """A frame body, spec or report that is not what the wire format says."""
 
 
@@ -111,111 +111,24 @@ def decode_key(value: Any) -> tuple[str, str]:
     return value[0], value[1]
 
 
-def receive(sock: socket.socket, size: int) -> bytes | None:
-    """Up to ``size`` bytes from a non-blocking ``sock``: None if none are ready, b"" at EOF
-    (an error other than "would block" counts as EOF: the peer is gone either way)."""
-    try:
-        return sock.recv(size)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError:
-        return b""
-
-
 def _brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class FrameReader:
+class FrameReader(childproc.FrameReader):
     """Reassembles frame bodies from a byte stream, any split.
 
     A frame over ``max_frame_bytes`` is skipped as it arrives and counted in ``oversized``.
     """
 
     def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self.oversized = 0
-        self._buffer = bytearray()
-        # Invariant: _skip > 0 only while the body of an oversized frame streams past (unbuffered).
-        self._skip = 0
+        super().__init__(max_body_bytes=max_frame_bytes, typed=False, skip_oversized=True)
 
     @property
-    def buffered_bytes(self) -> int:
-        return len(self._buffer)
+    def max_frame_bytes(self) -> int:
+        return self.max_body_bytes
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return every complete body."""
-        if self._skip:
-            dropped = min(self._skip, len(data))
-            self._skip -= dropped
-            data = data[dropped:]
-        buffer = self._buffer
-        buffer += data
-        bodies: list[bytes] = []
-        start, end, size = 0, len(buffer), _LENGTH.size
-        while end - start >= size:
-            (length,) = _LENGTH.unpack_from(buffer, start)
-            if length > self.max_frame_bytes:
-                self.oversized += 1
-                dropped = min(length, end - start - size)
-                self._skip = length - dropped
-                start += size + dropped
-                continue
-            if end - start - size < length:
-                break
-            bodies.append(bytes(buffer[start + size : start + size + length]))
-            start += size + length
-        if start:
-            del buffer[:start]
-        return bodies
-
-
-class FrameQueue:
-    """Frames waiting to be written to a non-blocking socket, in order, never split or mixed.
-
-    ``push`` adds a frame; ``flush(sock)`` writes what the socket takes now; ``drop_unsent``
-    forgets every frame not yet started (what a REPLACE supersedes).
-    """
-
-    def __init__(self) -> None:
-        # Invariant: _sent < len(_frames[0]) when _frames is non-empty; _pending == unsent bytes.
-        self._frames: deque[bytes] = deque()
-        self._sent = 0
-        self._pending = 0
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._pending
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def push(self, data: bytes) -> None:
-        self._frames.append(data)
-        self._pending += len(data)
-
-    def drop_unsent(self) -> None:
-        frames = self._frames
-        keep = 1 if frames and self._sent else 0
-        while len(frames) > keep:
-            self._pending -= len(frames.pop())
-
-    def flush(self, sock: socket.socket) -> bool:
-        """Write what the socket takes without blocking. True when nothing is left.
-
-        Raises OSError (BrokenPipeError, ConnectionResetError, ...) if the peer is gone.
-        """
-        frames = self._frames
-        while frames:
-            buffers = [memoryview(frames[0])[self._sent :], *(frames[i] for i in range(1, min(len(frames), _MAX_IOV)))]
-            try:
-                sent = sock.sendmsg(buffers, [], socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return False
-            self._pending -= sent
-            sent += self._sent
-            while frames and sent >= len(frames[0]):
-                sent -= len(frames.popleft())
-            self._sent = sent
-        return True
+        return [body for _, body in self.split(data)]

@@ -426,9 +426,9 @@ def test_a_report_read_together_with_ready_is_kept() -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         process = DnsProcess(DnsSettings(address=(HOST, 0)))
-        process._proc, process._sock = sleeper, parent_end  # what start() sets up, with a stand-in child
+        process._child.proc, process._child.sock = sleeper, parent_end  # what start() sets up, with a stand-in child
         child_end.sendall(encode_json(READY, {"host": HOST, "port": 5353}) + encode_json(STATS, {"stale": True}))
-        process._await_ready(SETTLE_S)
+        process._child.await_ready(SETTLE_S, process._on_start_data)
         parent_end.setblocking(False)
         assert process.address == (HOST, 5353)
         assert process.stats()["stale"] is True
