@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from registry.catalogue import CommandError, ValidationError
-from registry.naming import node_id_for
+from registry.naming import format_hostport, node_id_for
 from registry.raft import (
     Config,
     Membership,
@@ -223,6 +223,8 @@ class Node:
             if old is not None and old != member:
                 self.log.info("member %s: the configuration's addresses replace the stored ones", member.name)
             directory = directory.with_member(member)
+        self.log.info("member directory as stored with the snapshot, with the configuration applied: %s",
+                      ", ".join(f"{m.name}={format_hostport(*m.raft)}" for m in directory.members()))
         self.members = directory
         self.names.clear()
         self.names.update(directory.names())
