@@ -79,6 +79,8 @@ MAX_FORWARD_BYTES = {ForwardOp.WRITE: 128 * 1024, ForwardOp.RESTORE: MAX_RESTORE
                      ForwardOp.MEMBERS_REPLY: MAX_MEMBERS_REPLY_BYTES}
 #: Forwards that are not proposals: the renewals room's.
 RENEWAL_OPS = frozenset({ForwardOp.HEARTBEAT, ForwardOp.PASS, ForwardOp.PASS_REPLY})
+#: Forwards that the transfer and members rooms answer: requests and their replies, never proposed.
+ROOM_OPS = frozenset({ForwardOp.TRANSFER, ForwardOp.TRANSFER_REPLY, ForwardOp.MEMBERS, ForwardOp.MEMBERS_REPLY})
 # NB: every second the young generations are collected and the survivors frozen (gc.freeze):
 # the Raft log (one tracked object per entry) and the catalogue (a few per instance) reach
 # millions of long-lived, acyclic objects, and a full cyclic collection over them took 0.36-0.42 s
@@ -413,35 +415,35 @@ class Node:
         if message.op in RENEWAL_OPS:
             self.renewals.on_forward(message.source, message.op, message.payload, self.clock())
             return
-        if message.op in (ForwardOp.TRANSFER, ForwardOp.TRANSFER_REPLY):
-            try:
-                if message.op is ForwardOp.TRANSFER:
-                    self.transfers.forwarded(message.source, message.payload, self.clock())
-                else:
-                    self.transfers.forwarded_reply(message.source, message.payload)
-            except MalformedTransfer as exc:
-                self.stats.remote_errors += 1
-                self.transfers.counts.malformed += 1
-                self.log.warning("dropped a malformed %s from %s: %s", message.op.name,
-                                 self.names.get(message.source), exc)
-            return
-        if message.op in (ForwardOp.MEMBERS, ForwardOp.MEMBERS_REPLY):
-            try:
-                if message.op is ForwardOp.MEMBERS:
-                    self.member_view.forwarded_request(message.source, message.payload, self.clock())
-                else:
-                    self.member_view.forwarded_reply(message.source, message.payload)
-            except MalformedMembers as exc:
-                self.stats.remote_errors += 1
-                self.member_view.malformed += 1
-                self.log.warning("dropped a malformed %s from %s: %s", message.op.name,
-                                 self.names.get(message.source), exc)
+        if message.op in ROOM_OPS:
+            self._forward_to_room(message)
             return
         try:
             self.raw.propose(message.payload)
             self.requests.counts.proposals += 1
         except (NotLeader, ProposalDropped):
             pass  # the origin retries; at-most-once sessions make that safe
+
+    def _forward_to_room(self, message: Forward) -> None:
+        """A forwarded request (or its answer) that a room handles, not a proposal; a malformed
+        one is dropped and counted."""
+        now, source, payload = self.clock(), message.source, message.payload
+        try:
+            if message.op is ForwardOp.TRANSFER:
+                self.transfers.forwarded(source, payload, now)
+            elif message.op is ForwardOp.TRANSFER_REPLY:
+                self.transfers.forwarded_reply(source, payload)
+            elif message.op is ForwardOp.MEMBERS:
+                self.member_view.forwarded_request(source, payload, now)
+            else:
+                self.member_view.forwarded_reply(source, payload)
+        except (MalformedTransfer, MalformedMembers) as exc:
+            self.stats.remote_errors += 1
+            if isinstance(exc, MalformedTransfer):
+                self.transfers.counts.malformed += 1
+            else:
+                self.member_view.malformed += 1
+            self.log.warning("dropped a malformed %s from %s: %s", message.op.name, self.names.get(source), exc)
 
     def _forward(self, leader: NodeId, op: ForwardOp, data: bytes) -> None:
         assert self.transport is not None
