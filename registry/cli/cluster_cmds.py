@@ -41,6 +41,9 @@ def agent(
         help="... or after this many bytes of applied entries, whichever first (default 64 MiB).")] = None,
     snapshot_keep: Annotated[int | None, typer.Option(
         help="Entries kept in the log behind a snapshot, for followers slightly behind (default 5000).")] = None,
+    min_fault_tolerance: Annotated[int | None, typer.Option(
+        help="Refuse membership changes that would lower the fault tolerance (voters that may fail) "
+             "below this, unless --force (default 1).")] = None,
 ) -> None:
     """Run one registry node in the foreground until SIGTERM or SIGINT."""
     from registry.logformat import configure as configure_logging
@@ -55,7 +58,8 @@ def agent(
                  "election_ticks": election_ticks, "max_db_bytes": max_db_bytes, "dns_ttl_s": dns_ttl,
                  "dns_negative_ttl_s": dns_negative_ttl, "dns_max_udp": dns_max_udp,
                  "dns_max_stale_s": dns_max_stale, "snapshot_entries": snapshot_entries,
-                 "snapshot_bytes": snapshot_bytes, "snapshot_keep": snapshot_keep}
+                 "snapshot_bytes": snapshot_bytes, "snapshot_keep": snapshot_keep,
+                 "min_fault_tolerance": min_fault_tolerance}
         if peer:  # --peer replaces the file's peers, whichever key spells them
             settings.pop("peers", None)
             settings.pop("peer", None)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 import registry
-from registry.cli import cluster_cmds, config_cmds, health_cmds, leader_cmds, snapshot_cmds
+from registry.cli import cluster_cmds, config_cmds, health_cmds, leader_cmds, member_cmds, snapshot_cmds
 from registry.cli.durations import duration_option
 from registry.cli.options import JsonOption, ServersOption, TimeoutOption, command_group, open_client
 from registry.cli.output import echo_json, echo_table, fail, reason, registered_changes, registered_line
@@ -56,6 +56,7 @@ app.command()(cluster_cmds.up)
 app.add_typer(config_cmds.config_app, name="config")
 app.add_typer(snapshot_cmds.snapshot_app, name="snapshot")
 app.add_typer(leader_cmds.leader_app, name="leader")
+app.add_typer(member_cmds.members_app, name="members")
 app.command(name="pass")(health_cmds.pass_)
 app.command()(health_cmds.explain)
 

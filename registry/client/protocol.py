@@ -15,6 +15,8 @@ from .results import (
     Heartbeat,
     InstanceInfo,
     LeaderTransfer,
+    MemberInfo,
+    Members,
     NodeStatus,
     PeerStatus,
     Registration,
@@ -188,6 +190,28 @@ def parse_leader_transfer(result: Any, server: str) -> LeaderTransfer:
     r = _map(result, "result")
     return LeaderTransfer(_str(r["leader"], "leader"), _int(r["term"], "term"),
                           _opt_str(r.get("previous"), "previous"))
+
+
+def parse_members(result: Any, server: str) -> Members:
+    r = _map(result, "result")
+    members = []
+    for k, item in enumerate(_list(r["members"], "members")):
+        m = _map(item, f"members[{k}]")
+        contact = m.get("last_contact_s")
+        if contact is not None and (isinstance(contact, bool) or not isinstance(contact, (int, float))):
+            raise ValueError(f"members[{k}].last_contact_s: expected a number or nil, got {contact!r:.40}")
+        voter, leader = m.get("voter"), m.get("leader")
+        if not isinstance(voter, bool) or not isinstance(leader, bool):
+            raise ValueError(f"members[{k}]: 'voter' and 'leader' must be booleans")
+        members.append(MemberInfo(
+            name=_str(m["name"], "name"), id=_int(m["id"], "id"), raft=_opt_str(m.get("raft"), "raft"),
+            client=_opt_str(m.get("client"), "client"), voter=voter, match=_opt_int(m.get("match"), "match"),
+            last_contact_s=None if contact is None else float(contact), leader=leader))
+    return Members(leader=_opt_str(r.get("leader"), "leader"), term=_int(r["term"], "term"),
+                   commit=_int(r["commit"], "commit"), members=tuple(members), voters=_int(r["voters"], "voters"),
+                   learners=_int(r["learners"], "learners"),
+                   fault_tolerance=_int(r["fault_tolerance"], "fault_tolerance"),
+                   min_fault_tolerance=_int(r["min_fault_tolerance"], "min_fault_tolerance"))
 
 
 def parse_restoration(result: Any, server: str) -> Restoration:

@@ -193,3 +193,35 @@ class Restoration:
     services: int
     instances: int
     index: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """One member as the leader sees it: ``match`` is its match index (None: not known to the
+    leader yet), ``last_contact_s`` how long ago the leader last heard from it (0 for the
+    leader itself, None: never); ``raft`` and ``client`` are None when the leader does not know
+    them (a --peer flag names no client address)."""
+
+    name: str
+    id: int
+    raft: str | None
+    client: str | None
+    voter: bool
+    match: int | None
+    last_contact_s: float | None
+    leader: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """The ``members`` op's answer: every member, the leader's term and commit index, and the
+    fault tolerance (how many voters may fail, ``(voters - 1) // 2``) with the configured floor."""
+
+    leader: str | None
+    term: int
+    commit: int
+    members: tuple[MemberInfo, ...]
+    voters: int
+    learners: int
+    fault_tolerance: int
+    min_fault_tolerance: int

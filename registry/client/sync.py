@@ -32,6 +32,7 @@ from .protocol import (
     parse_deregistration,
     parse_heartbeat,
     parse_leader_transfer,
+    parse_members,
     parse_registration,
     parse_restoration,
     parse_saved_snapshot,
@@ -44,6 +45,7 @@ from .results import (
     InstanceInfo,
     KeepaliveState,
     LeaderTransfer,
+    Members,
     NodeStatus,
     Registration,
     Restoration,
@@ -55,7 +57,8 @@ from .servers import resolve_servers, resolves
 
 _DOING = {"register": "register", "deregister": "deregister", "pass": "renew a TTL", "services": "list services",
           "status": "get a status", "snapshot_save": "save a snapshot",
-          "snapshot_restore": "restore a snapshot", "leader_transfer": "transfer leadership"}
+          "snapshot_restore": "restore a snapshot", "leader_transfer": "transfer leadership",
+          "members": "list the members"}
 
 
 class Client:
@@ -311,6 +314,21 @@ class Client:
                 raise ValidationFailed(str(e), field="name") from None
         return self._call("leader_transfer", {"target": name}, parse_leader_transfer,
                           attempt_timeout_s=self.timeout_s)
+
+    def members(self) -> Members:
+        """The cluster's members as the leader sees them (the ``members`` op): name, addresses,
+        voter or learner, match index, last contact, which one leads, and the fault tolerance.
+        Any node takes it (a follower asks the leader). Raises ``Unavailable`` (``no_leader``)
+        when no leader answers, and ``RegistryError`` (code ``bad_request``) when the server is
+        of a version without the op."""
+        try:
+            return self._call("members", {}, parse_members)
+        except ValidationFailed as e:
+            if e.code == "bad_request" and "unknown op" in e.message:
+                raise RegistryError(f"{e.server} does not know the members op: it runs an older version of registry; "
+                                    "ask an upgraded node (--server) or upgrade it", code=e.code,
+                                    server=e.server) from None
+            raise
 
     def status_all(self) -> list[NodeStatus | RegistryError]:
         """Every server's status, in ``servers`` order, asked all at once; a server that cannot

@@ -19,7 +19,7 @@ MAX_REQUEST_BYTES = 256 * 1024
 MAX_RESTORE_REQUEST_BYTES = 48 * 1024**2 + 64 * 1024
 BIG_OPS = frozenset({"snapshot_restore"})
 OPS = ("register", "deregister", "services", "status", "snapshot_save", "snapshot_restore", "pass",
-       "leader_transfer")
+       "leader_transfer", "members")
 
 
 class BadRequest(ValueError):

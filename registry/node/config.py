@@ -49,6 +49,13 @@ class NodeConfig:
     snapshot_entries: int = 20_000
     snapshot_bytes: int = 64 * 1024**2
     snapshot_keep: int = 5_000
+    # `registry members add/remove` refuse (unless --force) a change that would lower the
+    # cluster's fault tolerance (how many voters may fail) below this. NB: 1, not 0 (Consul
+    # autopilot's min_quorum is off by default): the mistake it stops is shrinking a 3-voter
+    # cluster to 2, or 5 to 4 then 3 in a hurry, which leaves a cluster that stops at the next
+    # failure; a replacement done as add-then-remove never trips it, and a cluster of 1 or 2
+    # voters (tolerance 0 already) is never blocked, since a change must LOWER the tolerance.
+    min_fault_tolerance: int = 1
 
     def __post_init__(self) -> None:
         try:
@@ -78,6 +85,8 @@ class NodeConfig:
             raise ConfigError(f"dns_max_udp must be 512-65535 bytes, got {self.dns_max_udp}")
         if self.dns_max_stale_s <= 0:
             raise ConfigError(f"dns_max_stale_s must be positive, got {self.dns_max_stale_s}")
+        if not 0 <= self.min_fault_tolerance <= 100:
+            raise ConfigError(f"min_fault_tolerance must be 0-100 voters, got {self.min_fault_tolerance}")
         if self.snapshot_entries < 1 or self.snapshot_bytes < 64 * 1024 or self.snapshot_keep < 0:
             raise ConfigError("snapshot_entries must be >= 1, snapshot_bytes >= 65536 and snapshot_keep >= 0")
 
@@ -195,6 +204,7 @@ _CHECKS: dict[str, Any] = {
     "snapshot_entries": _int_range(1, None, " (applied entries between two snapshots)"),
     "snapshot_bytes": _int_range(64 * 1024, None, " (bytes of applied entries between two snapshots; at least 64 KiB)"),
     "snapshot_keep": _int_range(0, None, " (entries kept in the log behind a snapshot)"),
+    "min_fault_tolerance": _int_range(0, 100, " (voters that may fail; membership changes below it need --force)"),
 }
 _PEERS_ACCEPTED = ('a list of "NAME=HOST:PORT" strings, e.g. ["n2=10.0.0.2:7001"], '
                    'or a table NAME = "HOST:PORT"')

@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from registry.catalogue import CommandError, ValidationError
-from registry.naming import node_id_for
+from registry.naming import format_hostport, node_id_for
 from registry.raft import (
     Config,
     Membership,
@@ -56,6 +56,8 @@ from registry_dns.settings import DnsSettings
 from .client_api import MAX_RESTORE_REQUEST_BYTES, ClientServer
 from .config import NodeConfig
 from .health import HealthRoom
+from .member_view import MAX_MEMBERS_BYTES, MAX_MEMBERS_REPLY_BYTES, MalformedMembers, MemberView
+from .members import Directory, Member, MemberError, decode_directory, encode_directory
 from .ops import ClientOps, render
 from .renewals import MAX_PASS_BYTES, MAX_PASS_REPLY_BYTES, Renewals
 from .replica import Replica
@@ -73,9 +75,12 @@ MAX_CATCH_UP_TICKS = 5  # after a stall, tick at most this many times at once
 MAX_FORWARD_BYTES = {ForwardOp.WRITE: 128 * 1024, ForwardOp.RESTORE: MAX_RESTORE_REQUEST_BYTES,
                      ForwardOp.HEARTBEAT: 1024, ForwardOp.PASS: MAX_PASS_BYTES,
                      ForwardOp.PASS_REPLY: MAX_PASS_REPLY_BYTES, ForwardOp.TRANSFER: MAX_TRANSFER_BYTES,
-                     ForwardOp.TRANSFER_REPLY: MAX_TRANSFER_REPLY_BYTES}
+                     ForwardOp.TRANSFER_REPLY: MAX_TRANSFER_REPLY_BYTES, ForwardOp.MEMBERS: MAX_MEMBERS_BYTES,
+                     ForwardOp.MEMBERS_REPLY: MAX_MEMBERS_REPLY_BYTES}
 #: Forwards that are not proposals: the renewals room's.
 RENEWAL_OPS = frozenset({ForwardOp.HEARTBEAT, ForwardOp.PASS, ForwardOp.PASS_REPLY})
+#: Forwards that the transfer and members rooms answer: requests and their replies, never proposed.
+ROOM_OPS = frozenset({ForwardOp.TRANSFER, ForwardOp.TRANSFER_REPLY, ForwardOp.MEMBERS, ForwardOp.MEMBERS_REPLY})
 # NB: every second the young generations are collected and the survivors frozen (gc.freeze):
 # the Raft log (one tracked object per entry) and the catalogue (a few per instance) reach
 # millions of long-lived, acyclic objects, and a full cyclic collection over them took 0.36-0.42 s
@@ -109,7 +114,10 @@ class Node:
         self.log = _NodeLog(logger or logging.getLogger("registry.node"), self)
         self.clock = clock
         self.node_id = node_id_for(config.name)
-        self.names: dict[NodeId, str] = {node_id_for(n): n for n in config.members}
+        # The member directory (names and addresses by id): from --peer at first start, else as
+        # stored with the newest snapshot (see _initial_directory). Replaced, never mutated.
+        self.members = Directory.from_config(config)
+        self.names: dict[NodeId, str] = self.members.names()
         self._stop_requested = False
         self._stop_now = False  # a second SIGTERM/SIGINT: no hand-over, or no more of it
         self._handover_until: float | None = None  # set when a hand-over on SIGTERM starts
@@ -130,6 +138,7 @@ class Node:
         self.prober: Prober | None = None
         self.replica = Replica()
         try:
+            self._initial_directory()
             state = self.storage.initial_state(Membership(frozenset(self.names)))
             if state.snapshot.index > 0:
                 self.replica.restore(state.snapshot_data, state.snapshot.index, int(state.snapshot.term),
@@ -142,7 +151,8 @@ class Node:
                                          max_bytes=config.snapshot_bytes, keep=config.snapshot_keep,
                                          start_index=state.snapshot.index, logger=self.log, clock=clock)
             self.transport = ZmqTransport(node_id=self.node_id, node_name=config.name, bind=config.raft,
-                                          peers=dict(config.peers), context=self._context)
+                                          peers={m.name: m.raft for m in self.members.members()
+                                                 if m.node_id != self.node_id}, context=self._context)
             self.client = client = ClientServer(self._context, config.client,
                                                 logging.getLogger("registry.client_api"))
             self.requests = Requests(raw=raw, forward=self._forward, replies=client, render=render,
@@ -165,9 +175,13 @@ class Node:
                                      forward=self._forward, replies=client, timeout_s=config.request_timeout_s)
             self.transfers = Transfers(raw=raw, node_id=self.node_id, names=self.names, forward=self._forward,
                                        replies=client, log=self.log, timeout_s=config.handover_timeout_s)
+            self.member_view = MemberView(raw=raw, node_id=self.node_id, directory=lambda: self.members,
+                                          last_contact=self.stats.last_contact,
+                                          min_fault_tolerance=config.min_fault_tolerance, forward=self._forward,
+                                          replies=client, timeout_s=config.request_timeout_s)
             self.ops = ClientOps(requests=self.requests, replica=self.replica, replies=client,
                                  snapshots=snapshot_ops, renewals=self.renewals, transfers=self.transfers,
-                                 status=self.status)
+                                 status=self.status, members=self.member_view)
             # NB: DNS runs in a child process with its own catalogue replica, fed every committed
             # entry, so DNS load and Raft work never compete for one interpreter (docs/ARCHITECTURE.md).
             self.dns = DnsProcess(DnsSettings(address=config.dns, domain=config.domain, ttl_s=config.dns_ttl_s,
@@ -186,6 +200,36 @@ class Node:
                       "term %d, commit %d", config.describe(), state.snapshot.index, len(state.snapshot_data),
                       state.entries[-1].index if state.entries else state.snapshot.index, state.hard_state.term,
                       state.hard_state.commit)
+
+    def _initial_directory(self) -> None:
+        """The directory at start: the one stored with the newest snapshot, if any, with this
+        node's own entry and every --peer flag applied over it (so moving a server by editing its
+        flags keeps working as before membership changes existed); without a stored one (a new
+        data directory, or a snapshot written by an earlier version) the flags alone.
+
+        TODO(i15): once CONFIG entries exist, replay the changes in the log after the snapshot
+        (Directory.apply with each entry's ConfChange) and keep only the core's members
+        (Directory.restricted_to(raw.membership.members)); flags then apply to initial members only."""
+        stored = self.storage.snapshot_members
+        if stored is None:
+            return
+        try:
+            directory = decode_directory(stored)
+        except MemberError as exc:
+            self.log.warning("ignoring the member directory stored with the snapshot (%s); using --peer", exc)
+            return
+        for member in self.members.members():
+            old = directory.get(member.node_id)
+            if member.client is None and old is not None:
+                member = Member(member.name, member.raft, old.client)  # a --peer flag names no client address
+            if old is not None and old != member:
+                self.log.info("member %s: the configuration's addresses replace the stored ones", member.name)
+            directory = directory.with_member(member)
+        self.log.info("member directory as stored with the snapshot, with the configuration applied: %s",
+                      ", ".join(f"{m.name}={format_hostport(*m.raft)}" for m in directory.members()))
+        self.members = directory
+        self.names.clear()
+        self.names.update(directory.names())
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -296,6 +340,7 @@ class Node:
                     self.renewals.tick(now)
                     self.health.tick(now)
                     self.transfers.check(now)
+                    self.member_view.check(now)
                     self._tell_dns_leader_contact(now)
                     if not snapshots.running:
                         self.storage.compact_step()  # what adopt_snapshot left, a bounded batch per tick
@@ -306,7 +351,8 @@ class Node:
                 self.renewals.flush(now)  # renewals relayed in a batch, at most one per MIN_GAP_S
                 self._handle_ready()
                 snapshots.maybe_finish(raw)
-                snapshots.maybe_start(self.replica.catalogue, self.replica.applied_term, raw.membership)
+                snapshots.maybe_start(self.replica.catalogue, self.replica.applied_term, raw.membership,
+                                      lambda: encode_directory(self.members))
                 snapshots.note_iteration(time.perf_counter() - busy_from)
         finally:
             self._shutdown()
@@ -316,8 +362,10 @@ class Node:
         transfers = self.transfers.fail_all("stopping", "the node is shutting down; retry another")
         writes, reads = self.requests.fail_all("stopping", "the node is shutting down; retry another")
         reads += self.renewals.fail_all("stopping", "the node is shutting down; retry another")
+        transfers += self.member_view.fail_all("stopping", "the node is shutting down; retry another")
         if transfers:
-            self.log.info("stopping: answered %d leadership transfer requests with 'stopping'", transfers)
+            self.log.info("stopping: answered %d leadership transfer or members requests with 'stopping'",
+                          transfers)
         self.log.info("stopping: answered %d pending writes and %d reads with 'stopping'", writes, reads)
         self.close()
         self.log.info("stopped")
@@ -367,23 +415,35 @@ class Node:
         if message.op in RENEWAL_OPS:
             self.renewals.on_forward(message.source, message.op, message.payload, self.clock())
             return
-        if message.op in (ForwardOp.TRANSFER, ForwardOp.TRANSFER_REPLY):
-            try:
-                if message.op is ForwardOp.TRANSFER:
-                    self.transfers.forwarded(message.source, message.payload, self.clock())
-                else:
-                    self.transfers.forwarded_reply(message.source, message.payload)
-            except MalformedTransfer as exc:
-                self.stats.remote_errors += 1
-                self.transfers.counts.malformed += 1
-                self.log.warning("dropped a malformed %s from %s: %s", message.op.name,
-                                 self.names.get(message.source), exc)
+        if message.op in ROOM_OPS:
+            self._forward_to_room(message)
             return
         try:
             self.raw.propose(message.payload)
             self.requests.counts.proposals += 1
         except (NotLeader, ProposalDropped):
             pass  # the origin retries; at-most-once sessions make that safe
+
+    def _forward_to_room(self, message: Forward) -> None:
+        """A forwarded request (or its answer) that a room handles, not a proposal; a malformed
+        one is dropped and counted."""
+        now, source, payload = self.clock(), message.source, message.payload
+        try:
+            if message.op is ForwardOp.TRANSFER:
+                self.transfers.forwarded(source, payload, now)
+            elif message.op is ForwardOp.TRANSFER_REPLY:
+                self.transfers.forwarded_reply(source, payload)
+            elif message.op is ForwardOp.MEMBERS:
+                self.member_view.forwarded_request(source, payload, now)
+            else:
+                self.member_view.forwarded_reply(source, payload)
+        except (MalformedTransfer, MalformedMembers) as exc:
+            self.stats.remote_errors += 1
+            if isinstance(exc, MalformedTransfer):
+                self.transfers.counts.malformed += 1
+            else:
+                self.member_view.malformed += 1
+            self.log.warning("dropped a malformed %s from %s: %s", message.op.name, self.names.get(source), exc)
 
     def _forward(self, leader: NodeId, op: ForwardOp, data: bytes) -> None:
         assert self.transport is not None

@@ -30,6 +30,7 @@ from registry.catalogue import (
 )
 
 from .client_api import ClientRequest
+from .member_view import MemberView
 from .renewals import Renewals
 from .replica import Replica
 from .requests import Caller, Failure, Outcome, Replies, Requests
@@ -42,18 +43,19 @@ class ClientOps:
 
     def __init__(self, *, requests: Requests, replica: Replica, replies: Replies, snapshots: SnapshotOps,
                  renewals: Renewals, transfers: Transfers, status: Callable[[], dict[str, Any]],
-                 wall: Callable[[], float] = time.time) -> None:
+                 members: MemberView, wall: Callable[[], float] = time.time) -> None:
         self._requests = requests
         self._replica = replica
         self._replies = replies
         self._renewals = renewals
         self._transfers = transfers
         self._status = status
+        self._members = members
         self._wall = wall
         self._handlers: dict[str, Callable[[ClientRequest, float], None]] = {
             "register": self._write, "deregister": self._write, "services": self._services,
             "status": self._answer_status, "snapshot_save": snapshots.save, "snapshot_restore": snapshots.restore,
-            "pass": self._pass, "leader_transfer": self._leader_transfer,
+            "pass": self._pass, "leader_transfer": self._leader_transfer, "members": self._members_op,
         }
 
     def handle(self, request: ClientRequest, now: float) -> None:
@@ -106,6 +108,10 @@ class ClientOps:
         target = _arg(request.args, "target", str, optional=True)
         caller = Caller(request.identity, request.request_id)
         self._transfers.request(target, now, self._transfers.reply_to(caller))
+
+    def _members_op(self, request: ClientRequest, now: float) -> None:
+        """The leader's view of the members (registry/node/member_view.py); no arguments."""
+        self._members.request(Caller(request.identity, request.request_id), now)
 
     def _answer_status(self, request: ClientRequest, now: float) -> None:
         self._replies.reply(request.identity, request.request_id, self._status())

@@ -88,6 +88,7 @@ class _Job:
     frozen: FrozenCatalogue
     started: float
     done: threading.Event = field(default_factory=threading.Event)
+    members: bytes | None = None  # the member directory as of meta.index (members.encode_directory)
     data: bytes = b""
     path: Path | None = None
     error: BaseException | None = None
@@ -133,8 +134,10 @@ class Snapshotter:
             self.stats.loop_max_ms = max(self.stats.loop_max_ms, ms)
             self.stats.last_loop_max_ms = max(self.stats.last_loop_max_ms, ms)
 
-    def maybe_start(self, catalogue: Catalogue, applied_term: int, membership: Membership) -> bool:
-        """Start a snapshot of `catalogue` if one is due; True if started."""
+    def maybe_start(self, catalogue: Catalogue, applied_term: int, membership: Membership,
+                    members: Callable[[], bytes | None] | None = None) -> bool:
+        """Start a snapshot of `catalogue` if one is due; True if started. `members` gives the
+        member directory to store with it (called only when a snapshot starts)."""
         applied = catalogue.applied_index
         if self._job is not None or applied <= self._last_index:
             return False
@@ -144,7 +147,7 @@ class Snapshotter:
         if now < self._not_before:
             return False
         meta = SnapshotMeta(Index(applied), Term(applied_term), membership)
-        job = self._job = _Job(meta, freeze(catalogue), now)
+        job = self._job = _Job(meta, freeze(catalogue), now, members=members() if members is not None else None)
         self.stats.last_loop_max_ms = 0.0
         self._saved_switch = sys.getswitchinterval()
         sys.setswitchinterval(min(self._saved_switch, SWITCH_INTERVAL_S))
@@ -156,7 +159,7 @@ class Snapshotter:
         """The thread: serialise, then write the file durably. Touches nothing the loop uses."""
         try:
             job.data = serialise(job.frozen)
-            job.path = self._storage.write_snapshot(Snapshot(job.meta, job.data))
+            job.path = self._storage.write_snapshot(Snapshot(job.meta, job.data), members=job.members)
         except BaseException as exc:  # noqa: BLE001 (handed to the loop)
             job.error = exc
         finally:

@@ -164,6 +164,7 @@ class LmdbStorage(StoreIdentity):
         self._syncs = 0
         self._snap_dir = self.path / SNAPSHOT_DIR
         self._snapshot: SnapshotRecord | None = None  # the current durable snapshot
+        self._snapshot_members: bytes | None = None  # the member directory its file records, if any
         # Invariant: _start_index <= _compact_goal <= snapshot index; entries up to the goal may go.
         self._compact_goal = Index(0)
         self._pending_start: tuple[Index, Term] | None = None  # set by _delete_prefix inside a transaction
@@ -275,6 +276,7 @@ class LmdbStorage(StoreIdentity):
                 f"the snapshot file {path} holds index {header.meta.index} term {header.meta.term}, "
                 f"{header.size} bytes, but the log recorded index {record.meta.index} term {record.meta.term}, "
                 f"{record.size} bytes"))
+        self._snapshot_members = header.members
 
     def _clean_snapshot_dir(self) -> None:
         """Remove temp files and snapshot files no record names (a crash before adopting them, or
@@ -421,17 +423,25 @@ class LmdbStorage(StoreIdentity):
 
     # -- snapshots --------------------------------------------------------------------------------
 
+    @property
+    def snapshot_members(self) -> bytes | None:
+        """The member directory recorded with the current snapshot (opaque bytes: the node's
+        registry/node/members.py encoding), or None: no snapshot, one written before the field
+        existed, or one installed from a leader."""
+        return self._snapshot_members
+
     def snapshot_path(self, meta: SnapshotMeta) -> Path:
         return self._snap_dir / f"snap-{meta.index:020d}-{meta.term:020d}.snap"
 
-    def write_snapshot(self, snapshot: Snapshot, *, kind: str = "node") -> Path:
-        """Write `snapshot` to its file, durably; it is not current until adopt_snapshot().
+    def write_snapshot(self, snapshot: Snapshot, *, kind: str = "node", members: bytes | None = None) -> Path:
+        """Write `snapshot` to its file, durably, with the node's member directory `members`
+        (opaque here; see snapfile.py) when given; it is not current until adopt_snapshot().
 
         Thread-safe: it touches only its own file (and the directory entry), never LMDB, so a
         thread may write while the node loop saves."""
         path = self.snapshot_path(snapshot.meta)
         try:
-            write_snapshot_file(path, snapshot, kind=kind)
+            write_snapshot_file(path, snapshot, kind=kind, members=members)
         except OSError as e:
             raise StorageError(f"writing the snapshot file {path} failed: {e}; check the disk") from e
         return path
@@ -477,6 +487,7 @@ class LmdbStorage(StoreIdentity):
             self.discard_snapshot(path)
             raise
         old, self._snapshot = self._snapshot, record
+        self._snapshot_members = header.members
         self._start_index, self._start_term = meta.index, meta.term
         self._compact_goal = meta.index
         self._last_index = entries[-1].index if entries else meta.index
@@ -516,6 +527,7 @@ class LmdbStorage(StoreIdentity):
 
         self._transact(work)
         old, self._snapshot = self._snapshot, record
+        self._snapshot_members = header.members
         if hard_state is not None:
             self._durable_hard_state = hard_state
             self._deferred_hard_state = None

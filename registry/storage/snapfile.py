@@ -6,10 +6,14 @@ The same format serves the node's own snapshots (<data-dir>/snapshots/) and the 
     magic   8 bytes  b"RGSNAP\\x00\\x01" (the last byte is the format version)
     length  u32      of the header that follows
     header  msgpack  {"index": int, "term": int, "voters": [int], "learners": [int],
-                      "size": int, "crc32": int, "created": float (unix time), "kind": str}
+                      "size": int, "crc32": int, "created": float (unix time), "kind": str,
+                      "members": bin (optional)}
     data    `size` bytes, the state machine's image (registry.catalogue's snapshot bytes)
 
-`crc32` covers `data`; the header is small and every field is checked on read. Writes go to a
+`crc32` covers `data`; the header is small and every field is checked on read. `members` is the
+node's member directory (names and addresses of the membership's ids, registry/node/members.py)
+as of `index`, opaque here; it is absent from files written before it existed and from
+snapshots installed from a leader, and readers of either version ignore what they do not know. Writes go to a
 temporary file in the same directory, are fsynced, renamed over the target and the directory is
 fsynced, so a crash leaves either the old file or the new one, never a torn one.
 """
@@ -44,26 +48,34 @@ class SnapshotHeader:
     crc32: int
     created: float
     kind: str  # what wrote it: "node" (compaction), "install" (from a leader), "save" (operator)
+    members: bytes | None = None  # the node's member directory as of meta.index, opaque; None: not recorded
 
 
-def encode_header(meta: SnapshotMeta, data: bytes, *, kind: str, created: float | None = None) -> bytes:
-    header = {
+def encode_header(meta: SnapshotMeta, data: bytes, *, kind: str, created: float | None = None,
+                  members: bytes | None = None) -> bytes:
+    header: dict[str, object] = {
         "index": int(meta.index), "term": int(meta.term),
         "voters": sorted(meta.membership.voters), "learners": sorted(meta.membership.learners),
         "size": len(data), "crc32": zlib.crc32(data), "created": time.time() if created is None else created,
         "kind": kind,
     }
+    if members is not None:  # NB: absent, not nil, when there is none: the previous version's exact header
+        header["members"] = bytes(members)
     body = msgpack.packb(header, use_bin_type=True)
+    if len(body) > MAX_HEADER_BYTES:
+        raise ValueError(f"a snapshot header of {len(body)} bytes exceeds {MAX_HEADER_BYTES} (its member directory "
+                         f"is {len(members or b'')} bytes)")
     return MAGIC + _LENGTH.pack(len(body)) + body
 
 
-def write_snapshot_file(path: Path, snapshot: Snapshot, *, kind: str = "node") -> int:
-    """Write `snapshot` to `path` atomically and durably; returns the file's size in bytes.
+def write_snapshot_file(path: Path, snapshot: Snapshot, *, kind: str = "node", members: bytes | None = None) -> int:
+    """Write `snapshot` (and the member directory `members`, if given) to `path` atomically and
+    durably; returns the file's size in bytes.
 
     Safe to call from a thread other than the node loop's: it touches only this file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    head = encode_header(snapshot.meta, snapshot.data, kind=kind)
+    head = encode_header(snapshot.meta, snapshot.data, kind=kind, members=members)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(snapshot.data)
@@ -86,6 +98,12 @@ def read_snapshot_header(path: Path) -> SnapshotHeader:
     with open(path, "rb") as f:
         header, _ = _read_header(f, path)
     return header
+
+
+def read_snapshot_members(path: Path) -> bytes | None:
+    """The member directory recorded in the snapshot file at `path`, or None (an older file, or
+    one installed from a leader). Reads the header only."""
+    return read_snapshot_header(path).members
 
 
 def read_snapshot_file(path: Path) -> Snapshot:
@@ -154,8 +172,11 @@ def _parse_header(fields: object, path: Path) -> SnapshotHeader:
         membership = Membership(ids("voters"), ids("learners"))
     except ValueError as exc:
         raise SnapshotFileError(f"{path}: {exc}") from None
+    members = fields.get("members")
+    if members is not None and not isinstance(members, bytes):
+        raise SnapshotFileError(f"{path}: header field 'members' must be bytes, got {type(members).__name__}")
     meta = SnapshotMeta(Index(integer("index", 1)), Term(integer("term", 1)), membership)
-    return SnapshotHeader(meta, integer("size"), integer("crc32"), float(created), kind)
+    return SnapshotHeader(meta, integer("size"), integer("crc32"), float(created), kind, members)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

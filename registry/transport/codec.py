@@ -70,6 +70,8 @@ class ForwardOp(enum.IntEnum):
     # reused for something else.
     TRANSFER = 5  # follower -> leader: a client's `leader_transfer` (registry/node/transfer.py); never proposed
     TRANSFER_REPLY = 6  # leader -> the follower that forwarded a TRANSFER: how it ended
+    MEMBERS = 7  # follower -> leader: a client's `members` (registry/node/member_view.py); never proposed
+    MEMBERS_REPLY = 8  # leader -> the follower that forwarded a MEMBERS: the leader's view of the members
 
 
 @dataclass(frozen=True, slots=True)

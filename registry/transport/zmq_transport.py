@@ -61,7 +61,7 @@ class TransportStats:
 
     sent: int = 0  # frames handed to ZeroMQ
     dropped_full: int = 0  # not queued: the peer is not connected (IMMEDIATE) or its queue is at SNDHWM
-    dropped_unknown_target: int = 0  # addressed to a node that is not a peer
+    dropped_unknown_target: int = 0  # addressed to a node that is not a peer (never was, or was removed)
     received: int = 0  # messages returned by drain()
     malformed: int = 0  # inbound: not exactly [identity, payload], or the payload failed to decode
     oversized: int = 0  # outbound frames over max_frame_bytes, not sent (the peer would cut the connection)
@@ -71,6 +71,8 @@ class TransportStats:
     # max_frame_bytes, or never spoke ZMTP (those are also counted in handshake_failed).
     disconnects: int = 0
     handshake_failed: int = 0  # inbound connections that never completed a ZMTP handshake (HTTP, scanners)
+    peers_added: int = 0  # add_peer() calls after construction
+    peers_removed: int = 0  # remove_peer() calls
 
 
 class ZmqTransport:
@@ -111,8 +113,11 @@ class ZmqTransport:
         ids = {validate_node_name(name): node_id_for(name) for name in peers}
         if len(set(ids.values())) != len(ids):
             raise ValueError("two peer names hash to the same node id; rename one")
+        # Invariant: _ids maps exactly the peers that have a DEALER in _dealers (by id), and the
+        # keys of _ids_by_identity are exactly those peers' DEALER identities.
+        self._ids = ids
         self._peer_ids = MappingProxyType(ids)
-        # Invariant: the keys of _ids_by_identity are exactly the DEALER identities of our peers.
+        self._send_hwm = send_hwm
         self._ids_by_identity: dict[bytes, NodeId] = {name.encode(): nid for name, nid in ids.items()}
         self._stats = TransportStats()
         self._closed = False
@@ -198,6 +203,47 @@ class ZmqTransport:
     @property
     def stats(self) -> TransportStats:
         return replace(self._stats)
+
+    def add_peer(self, name: str, node_id: NodeId, host: str, port: int) -> None:
+        """Start talking to a new member (a membership change): connect a DEALER to its raft
+        address, with the same settings as the initial peers', and accept its frames from now on.
+
+        Raises ValueError for a bad or clashing name or id (the caller's bug or a bad config),
+        TransportError when the address cannot be connected to. To move a peer to another
+        address, remove it and add it again."""
+        if self._closed:
+            raise TransportError("add_peer() on a closed transport")
+        validate_node_name(name)
+        if node_id != node_id_for(name):
+            raise ValueError(f"node id {node_id} is not the id of node name {name!r} ({node_id_for(name)})")
+        if name == self.node_name:
+            raise ValueError(f"node {name!r} cannot be its own peer")
+        if name in self._ids:
+            raise ValueError(f"node {name!r} is a peer already; remove it first to change its address")
+        if node_id in self._dealers:
+            raise ValueError(f"node id {node_id} of {name!r} is already a peer's id; rename one")
+        dealer = self._connect(host, port, self._send_hwm)
+        self._dealers[node_id] = dealer
+        self._ids[name] = node_id
+        self._ids_by_identity[name.encode()] = node_id
+        self._stats.peers_added += 1
+
+    def remove_peer(self, name: str) -> bool:
+        """Stop talking to a member (removed from the cluster): close its DEALER, discarding what
+        is queued for it, and drop its frames from now on (counted as `unknown_peer`); messages
+        addressed to it are dropped as `dropped_unknown_target`. Returns whether it was a peer.
+
+        NB: its inbound connection to our ROUTER stays open until it closes it; what arrives on
+        it is dropped and counted, never delivered."""
+        if self._closed:
+            raise TransportError("remove_peer() on a closed transport")
+        node_id = self._ids.pop(name, None)
+        if node_id is None:
+            return False
+        del self._ids_by_identity[name.encode()]
+        self._dealers.pop(node_id).close(0)
+        self._stats.peers_removed += 1
+        return True
 
     def send(self, messages: Iterable[Wire]) -> None:
         """Queue each message on its target's DEALER, without blocking.

@@ -108,6 +108,8 @@ GOLDEN = [
     (Forward(NodeId(2), NodeId(1), b"q", ForwardOp.PASS_REPLY), "0195410201c4017104"),
     (Forward(NodeId(2), NodeId(1), b"t", ForwardOp.TRANSFER), "0195410201c4017405"),
     (Forward(NodeId(1), NodeId(2), b"y", ForwardOp.TRANSFER_REPLY), "0195410102c4017906"),
+    (Forward(NodeId(2), NodeId(1), b"m", ForwardOp.MEMBERS), "0195410201c4016d07"),
+    (Forward(NodeId(1), NodeId(2), b"n", ForwardOp.MEMBERS_REPLY), "0195410102c4016e08"),
 ]
 
 
@@ -126,9 +128,10 @@ def test_golden_covers_every_type() -> None:
 
 
 def test_forward_ops_keep_their_numbers() -> None:
-    """The ops are wire values: an old node decodes 0-2; PASS and TRANSFER came later and keep theirs."""
+    """The ops are wire values: an old node decodes 0-2; PASS, TRANSFER and MEMBERS came later and keep theirs."""
     assert {op.name: int(op) for op in ForwardOp} == {"WRITE": 0, "RESTORE": 1, "HEARTBEAT": 2, "PASS": 3,
-                                                      "PASS_REPLY": 4, "TRANSFER": 5, "TRANSFER_REPLY": 6}
+                                                      "PASS_REPLY": 4, "TRANSFER": 5, "TRANSFER_REPLY": 6,
+                                                      "MEMBERS": 7, "MEMBERS_REPLY": 8}
 
 
 def test_encode_refuses_what_is_not_a_message() -> None:
@@ -189,8 +192,8 @@ def entry_field(value: object) -> list[object]:
         (raw([7, 1, 2, 3, "ctx"]), r"ReadIndex.context: expected bytes, got str"),
         (raw([64, 1, 2, ["w"]]), r"Forward.payload: expected bytes, got list"),
         (raw([64, 1, 2, b"w", 0]), r"Forward: expected 3 fields, got 4"),
-        (raw([65, 1, 2, b"w", 7]), r"Forward.op: expected one of \[0, 1, 2, 3, 4, 5, 6\], got int 7"),
-        (raw([65, 1, 2, b"w", 9]), r"Forward.op: expected one of \[0, 1, 2, 3, 4, 5, 6\], got int 9"),
+        (raw([65, 1, 2, b"w", 9]), r"Forward.op: expected one of \[0, 1, 2, 3, 4, 5, 6, 7, 8\], got int 9"),
+        (raw([65, 1, 2, b"w", 11]), r"Forward.op: expected one of \[0, 1, 2, 3, 4, 5, 6, 7, 8\], got int 11"),
         (raw([65, 1, 2, b"w"]), r"Forward: expected 4 fields, got 3"),
         (raw([7, 1, 2, 3, msgpack.ExtType(1, b"x")]), "ReadIndex.context: expected bytes, got ExtType"),
         (raw([2, 1, 2, 3, 0, 0, {}, 0]), "AppendEntries.entries: expected an array of entries, got dict"),
